@@ -1,0 +1,249 @@
+"""PrologueARForCausalLM: a LlamaForCausalLM over Prologue's combined vocabulary.
+
+With default settings this *is* Llama (same modules, same state-dict keys; ``save_pretrained`` output loads in
+``transformers.LlamaForCausalLM``). Three options, off by default, reproduce the official Prologue AR:
+
+* ``use_qk_norm``: per-head RMSNorm on q and k before RoPE;
+* ``rope_axes_dim``: the official multi-axis RoPE, where only the first ``rope_axes_dim[0]`` channels rotate (the
+  converter permutes q/k channels from the official adjacent-pair layout to Llama's half-split layout);
+* ``embedding_dropout`` / ``hidden_dropout``: the paper's stage-2 dropouts (0.1 each).
+
+GEGLU is Llama's MLP with ``hidden_act="gelu_pytorch_tanh"`` (the default here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM, LlamaModel
+from transformers.cache_utils import Cache
+from transformers.models.llama.modeling_llama import (
+    LlamaAttention,
+    LlamaDecoderLayer,
+    LlamaPreTrainedModel,
+    LlamaRMSNorm,
+    LlamaRotaryEmbedding,
+    apply_rotary_pos_emb,
+    eager_attention_forward,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+from ..vocabulary import PrologueVocabulary
+from .configuration_prologue_ar import PrologueARConfig
+
+logger = logging.get_logger(__name__)
+
+
+class PrologueARRotaryEmbedding(LlamaRotaryEmbedding):
+    """Llama RoPE, or with ``rope_axes_dim`` the official one-axis-of-three layout (other frequencies are 0)."""
+
+    @staticmethod
+    def compute_default_rope_parameters(config: PrologueARConfig, **kwargs) -> tuple[torch.Tensor, float]:
+        if getattr(config, "rope_axes_dim", None) is None:
+            return LlamaRotaryEmbedding.compute_default_rope_parameters(config, **kwargs)
+        base = config.rope_parameters["rope_theta"]
+        head_dim = config.head_dim
+        axis_dim = config.rope_axes_dim[0]
+        inv_freq = torch.zeros(head_dim // 2, dtype=torch.float)
+        inv_freq[: axis_dim // 2] = 1.0 / (base ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)).float()
+        return inv_freq, 1.0
+
+
+class PrologueARAttention(LlamaAttention):
+    """Llama attention with optional per-head q/k RMSNorm (applied before RoPE, as the official AR)."""
+
+    def __init__(self, config: PrologueARConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        if config.use_qk_norm:
+            self.q_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_norm(self.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+        key_states = self.k_norm(self.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())
+        return attn_output, attn_weights
+
+
+class PrologueARDecoderLayer(LlamaDecoderLayer):
+    """Llama decoder layer with :class:`PrologueARAttention` and optional residual-branch dropout."""
+
+    def __init__(self, config: PrologueARConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.self_attn = PrologueARAttention(config, layer_idx)
+        self.hidden_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_out, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden_states),
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        hidden_states = hidden_states + self.hidden_dropout(attn_out)
+        mlp_out = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + self.hidden_dropout(mlp_out)
+
+
+class PrologueARPreTrainedModel(LlamaPreTrainedModel):
+    config_class = PrologueARConfig
+    config: PrologueARConfig
+    _no_split_modules = ["PrologueARDecoderLayer"]
+    _can_record_outputs = {"hidden_states": PrologueARDecoderLayer, "attentions": PrologueARAttention}
+
+
+class PrologueARModel(PrologueARPreTrainedModel, LlamaModel):
+    """The decoder stack (a :class:`transformers.LlamaModel` with Prologue's options)."""
+
+    def __init__(self, config: PrologueARConfig):
+        PrologueARPreTrainedModel.__init__(self, config)
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList(PrologueARDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = PrologueARRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(self, input_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None, **kwargs):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
+                raise ValueError(
+                    f"input_ids must lie in [0, {self.vocab_size}) (the combined vocabulary); got values in "
+                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+                )
+            inputs_embeds = self.embed_tokens(input_ids)
+        return LlamaModel.forward(self, inputs_embeds=self.embedding_dropout(inputs_embeds), **kwargs)
+
+
+class PrologueARForCausalLM(PrologueARPreTrainedModel, LlamaForCausalLM):
+    """Class-conditional AR over ``[class][prologue][EOS][visual]``.
+
+    Position ``t`` of the logits predicts token ``t + 1``; pass ``labels=input_ids`` for the usual shifted CE.
+
+    >>> from prologue_hf import PrologueARConfig, PrologueARForCausalLM
+    >>> config = PrologueARConfig(visual_vocab_size=64, prologue_vocab_size=16, num_prologue_tokens=4,
+    ...     num_visual_tokens=16, num_classes=10, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    >>> model = PrologueARForCausalLM(config)
+    >>> ids = config.vocabulary.build_sequence([3], torch.zeros(1, 16, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+    >>> model(ids).logits.shape
+    torch.Size([1, 22, 92])
+    """
+
+    def __init__(self, config: PrologueARConfig):
+        PrologueARPreTrainedModel.__init__(self, config)
+        self.model = PrologueARModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @property
+    def vocabulary(self) -> PrologueVocabulary:
+        return self.config.vocabulary
+
+    def embed_sequence(
+        self,
+        class_labels: torch.Tensor,
+        visual_ids: torch.Tensor | None = None,
+        prologue_soft_onehot: torch.Tensor | None = None,
+        prologue_ids: torch.Tensor | None = None,
+        visual_soft_onehot: torch.Tensor | None = None,
+        drop_visual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Input embeddings ``[B, 1 + K + 1 + N, hidden]`` of ``[class][prologue][EOS][visual]``.
+
+        Prologue positions are ``p~ @ W_emb[prologue rows]`` when ``prologue_soft_onehot`` ``[B, K, P]`` is given
+        (Prob-STE: forward value is the hard embedding, gradient reaches ``p~``), else a lookup of
+        ``prologue_ids`` ``[B, K]``. Visual positions likewise take ``visual_soft_onehot`` ``[B, N, V]`` (the
+        "AR regularisation on visual tokens" baseline) or ``visual_ids`` ``[B, N]``. ``drop_visual`` ``[B]`` bool
+        replaces every visual *input* of the marked samples by EOS (paper's visual-token dropout).
+        """
+        vocab = self.vocabulary
+        weight = self.get_input_embeddings().weight
+        class_emb = weight[vocab.class_token_ids(class_labels).to(weight.device)][:, None]  # [B, 1, D]
+        parts = [class_emb]
+        if vocab.has_prologue:
+            prologue_rows = weight[vocab.prologue_offset : vocab.prologue_offset + vocab.prologue_vocab_size]
+            if prologue_soft_onehot is not None:
+                parts.append(prologue_soft_onehot.to(weight.dtype) @ prologue_rows)
+            elif prologue_ids is not None:
+                vocab.check_prologue_ids(prologue_ids)
+                parts.append(prologue_rows[prologue_ids])
+            else:
+                raise ValueError("prologue_soft_onehot or prologue_ids is required when num_prologue_tokens > 0")
+            parts.append(weight[vocab.eos_token_id].expand(class_emb.shape[0], 1, -1))
+        visual_rows = weight[: vocab.visual_vocab_size]
+        if visual_soft_onehot is not None:
+            visual_emb = visual_soft_onehot.to(weight.dtype) @ visual_rows
+        elif visual_ids is not None:
+            vocab.check_visual_ids(visual_ids)
+            visual_emb = visual_rows[visual_ids]
+        else:
+            raise ValueError("visual_ids or visual_soft_onehot is required")
+        if drop_visual is not None:
+            if not vocab.has_prologue:
+                raise ValueError("drop_visual needs an EOS token, i.e. num_prologue_tokens > 0")
+            eos = weight[vocab.eos_token_id]
+            visual_emb = torch.where(drop_visual.to(weight.device)[:, None, None], eos.expand_as(visual_emb), visual_emb)
+        parts.append(visual_emb)
+        return torch.cat(parts, dim=1)
+
+
+__all__ = [
+    "PrologueARForCausalLM",
+    "PrologueARModel",
+    "PrologueARPreTrainedModel",
+    "PrologueARAttention",
+    "PrologueARDecoderLayer",
+    "PrologueARRotaryEmbedding",
+]

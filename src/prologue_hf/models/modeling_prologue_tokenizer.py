@@ -1,0 +1,392 @@
+"""PrologueTokenizerModel: ViT VQ tokenizer with 2D visual tokens and 1D prologue tokens (paper section 2).
+
+Data flow (``tokenizer_type="prologue"``)::
+
+    pixels [B,3,H,W] -> patchify [B,N,p*p*3] -> Linear -> concat K learnable queries -> ViT (bidirectional)
+        h[:, :N]  -> visual quantizer  (L2 VQ, STE)      -> visual_ids   [B,N] -> decoder -> pixels
+        h[:, N:]  -> prologue quantizer (Prob-STE, tau)  -> prologue_ids [B,K] (+ soft one-hot p~ for the AR)
+
+The decoder sees the visual codes only; prologue tokens never reach it. The encoder has no final norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput, logging
+
+from .configuration_prologue_tokenizer import PrologueTokenizerConfig
+from .layers import PrologueRMSNorm, ViTBlock, multi_axis_rope_angles
+from .quantizers import L2VectorQuantizer, ProbSTEQuantizer, QuantizerOutput
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class PrologueTokenizerEncoderOutput(ModelOutput):
+    """Output of :meth:`PrologueTokenizerModel.encode`.
+
+    Attributes:
+        visual_ids: ``[B, N]`` visual code ids in raster order (N = grid**2, or ``num_latent_tokens`` for 1D).
+        prologue_ids: ``[B, K]`` prologue code ids, or None when the tokenizer has no prologue.
+        prologue_soft_onehot: ``[B, K, prologue_codebook_size]`` Prob-STE one-hot ``p~`` (hard forward value,
+            softmax gradient), or None.
+        visual_quantized: ``[B, N, codebook_dim]`` straight-through visual codes (the decoder input).
+        prologue_quantized: ``[B, K, codebook_dim]`` Prob-STE prologue codes, or None.
+        visual_features: ``[B, N, codebook_dim]`` L2-normalised pre-quantisation visual features.
+        prologue_features: ``[B, K, codebook_dim]`` L2-normalised pre-quantisation prologue features, or None.
+        visual_logits / prologue_logits: cosine similarities to each codebook entry.
+        encoder_hidden_states: ``[B, N_patches + K, hidden]`` encoder output (patch positions first).
+        quantizer_loss: scalar visual VQ loss (codebook + beta * commitment).
+    """
+
+    visual_ids: torch.Tensor | None = None
+    prologue_ids: torch.Tensor | None = None
+    prologue_soft_onehot: torch.Tensor | None = None
+    visual_quantized: torch.Tensor | None = None
+    prologue_quantized: torch.Tensor | None = None
+    visual_features: torch.Tensor | None = None
+    prologue_features: torch.Tensor | None = None
+    visual_logits: torch.Tensor | None = None
+    prologue_logits: torch.Tensor | None = None
+    encoder_hidden_states: torch.Tensor | None = None
+    quantizer_loss: torch.Tensor | None = None
+
+
+@dataclass
+class PrologueTokenizerDecoderOutput(ModelOutput):
+    """Output of :meth:`PrologueTokenizerModel.decode`: ``pixel_values`` ``[B, C, H, W]`` in about ``[-1, 1]``."""
+
+    pixel_values: torch.Tensor | None = None
+
+
+@dataclass
+class PrologueTokenizerOutput(PrologueTokenizerEncoderOutput):
+    """Output of :meth:`PrologueTokenizerModel.forward`: the encoder output plus ``reconstruction`` ``[B, C, H, W]``."""
+
+    reconstruction: torch.Tensor | None = None
+
+
+def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C]`` with channel fastest inside a patch (official layout)."""
+    batch, channels, height, width = pixel_values.shape
+    x = pixel_values.reshape(batch, channels, height // patch_size, patch_size, width // patch_size, patch_size)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, -1, patch_size * patch_size * channels)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: int) -> torch.Tensor:
+    """Inverse of :func:`patchify` for a square grid: ``[B, grid**2, p*p*C] -> [B, C, H, W]``."""
+    batch = patches.shape[0]
+    x = patches.reshape(batch, grid_size, grid_size, patch_size, patch_size, -1)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(batch, -1, grid_size * patch_size, grid_size * patch_size)
+
+
+def _grid_positions(grid_size: int) -> torch.Tensor:
+    rows, cols = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+    return torch.stack([rows.flatten(), cols.flatten(), torch.zeros(grid_size**2, dtype=torch.long)], dim=-1)
+
+
+def _sequence_positions(length: int) -> torch.Tensor:
+    zeros = torch.zeros(length, dtype=torch.long)
+    return torch.stack([zeros, zeros, torch.arange(length)], dim=-1)
+
+
+class _ViTStack(nn.Module):
+    """Input projection, token layout and RoPE tables shared by the encoder and the decoder."""
+
+    def __init__(
+        self,
+        config: PrologueTokenizerConfig,
+        input_dim: int,
+        dim: int,
+        num_layers: int,
+        num_heads: int,
+        mlp_hidden_dim: int,
+        num_grid_tokens: int,
+        num_sequence_tokens: int,
+        grid_first: bool,
+    ):
+        super().__init__()
+        self.input_layer = nn.Linear(input_dim, dim)
+        self.layers = nn.ModuleList(
+            ViTBlock(dim, num_heads, mlp_hidden_dim, True, config.dropout, config.attention_dropout, config.layer_scale_init)
+            for _ in range(num_layers)
+        )
+        # Positions: grid tokens (row, col, 0) with the patch RoPE base, sequence tokens (0, 0, l) with the query base.
+        grid = _grid_positions(config.grid_size)[:num_grid_tokens]
+        seq = _sequence_positions(num_sequence_tokens)
+        grid_theta = torch.full((num_grid_tokens,), config.patch_rope_theta)
+        seq_theta = torch.full((num_sequence_tokens,), config.query_rope_theta)
+        parts = [(grid, grid_theta), (seq, seq_theta)] if grid_first else [(seq, seq_theta), (grid, grid_theta)]
+        angles = multi_axis_rope_angles(
+            torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts]), config.rope_axes_dim
+        )
+        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.gradient_checkpointing = False
+
+    def run_layers(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, self.rope_cos, self.rope_sin)
+        return x
+
+
+class PrologueViTEncoder(_ViTStack):
+    """Bidirectional ViT over ``[patches; queries]``; no final norm (official ``out_norm=False``)."""
+
+    def __init__(self, config: PrologueTokenizerConfig):
+        num_queries = config.num_prologue_tokens if config.tokenizer_type == "prologue" else 0
+        if config.tokenizer_type == "1d":
+            num_queries = config.num_latent_tokens
+        super().__init__(
+            config,
+            config.patch_dim,
+            config.hidden_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            config.intermediate_size,
+            config.num_patches,
+            num_queries,
+            grid_first=True,
+        )
+        self.num_queries = num_queries
+        self.queries = nn.Parameter(torch.zeros(1, num_queries, config.hidden_size)) if num_queries else None
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """``patches`` ``[B, N, patch_dim]`` -> hidden states ``[B, N + num_queries, hidden]``."""
+        x = self.input_layer(patches)
+        if self.queries is not None:
+            x = torch.cat([x, self.queries.expand(x.shape[0], -1, -1).to(x.dtype)], dim=1)
+        return self.run_layers(x)
+
+
+class PrologueViTDecoder(_ViTStack):
+    """ViT from visual codes to patches: ``Linear -> blocks -> RMSNorm -> Linear -> unpatchify``.
+
+    2D: one token per grid cell. 1D: the latent codes followed by one learnable mask token per grid cell; the
+    patches are read from the mask tokens.
+    """
+
+    def __init__(self, config: PrologueTokenizerConfig):
+        is_1d = config.tokenizer_type == "1d"
+        super().__init__(
+            config,
+            config.codebook_dim,
+            config.decoder_hidden_size,
+            config.decoder_num_hidden_layers,
+            config.decoder_num_attention_heads,
+            config.decoder_intermediate_size,
+            config.num_patches,
+            config.num_latent_tokens if is_1d else 0,
+            grid_first=False,
+        )
+        self.grid_size = config.grid_size
+        self.patch_size = config.patch_size
+        self.mask_tokens = nn.Parameter(torch.zeros(1, config.num_patches, config.decoder_hidden_size)) if is_1d else None
+        self.norm = PrologueRMSNorm(config.decoder_hidden_size)
+        self.output_layer = nn.Linear(config.decoder_hidden_size, config.patch_dim)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """``codes`` ``[B, num_visual_tokens, codebook_dim]`` -> pixels ``[B, C, H, W]``."""
+        x = self.input_layer(codes)
+        if self.mask_tokens is not None:
+            x = torch.cat([x, self.mask_tokens.expand(x.shape[0], -1, -1).to(x.dtype)], dim=1)
+        x = self.run_layers(x)[:, -self.grid_size**2 :]
+        return unpatchify(self.output_layer(self.norm(x)), self.patch_size, self.grid_size)
+
+
+class PrologueTokenizerPreTrainedModel(PreTrainedModel):
+    config_class = PrologueTokenizerConfig
+    config: PrologueTokenizerConfig
+    base_model_prefix = "tokenizer"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=1.0)
+        elif isinstance(module, PrologueRMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, ViTBlock):
+            nn.init.constant_(module.gate_attn, self.config.layer_scale_init)
+            nn.init.constant_(module.gate_mlp, self.config.layer_scale_init)
+        elif isinstance(module, PrologueViTEncoder) and module.queries is not None:
+            nn.init.trunc_normal_(module.queries, std=std)
+        elif isinstance(module, PrologueViTDecoder) and module.mask_tokens is not None:
+            nn.init.trunc_normal_(module.mask_tokens, std=std)
+
+
+class PrologueTokenizerModel(PrologueTokenizerPreTrainedModel):
+    """The Prologue tokenizer (encoder, visual and prologue quantizers, decoder).
+
+    >>> from prologue_hf import PrologueTokenizerConfig, PrologueTokenizerModel
+    >>> config = PrologueTokenizerConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+    ...     num_attention_heads=4, decoder_hidden_size=64, decoder_num_hidden_layers=2,
+    ...     decoder_num_attention_heads=4, rope_axes_dim=[4, 6, 6], visual_codebook_size=64,
+    ...     prologue_codebook_size=16, num_prologue_tokens=4, codebook_dim=8)
+    >>> tokenizer = PrologueTokenizerModel(config).eval()
+    >>> out = tokenizer.encode(torch.zeros(2, 3, 32, 32))
+    >>> out.visual_ids.shape, out.prologue_ids.shape
+    (torch.Size([2, 16]), torch.Size([2, 4]))
+    >>> tokenizer.decode(out.visual_ids).pixel_values.shape
+    torch.Size([2, 3, 32, 32])
+    """
+
+    def __init__(self, config: PrologueTokenizerConfig):
+        super().__init__(config)
+        self.encoder = PrologueViTEncoder(config)
+        self.visual_quantizer = L2VectorQuantizer(
+            config.hidden_size, config.codebook_dim, config.visual_codebook_size, config.commitment_beta
+        )
+        self.prologue_quantizer = (
+            ProbSTEQuantizer(
+                config.hidden_size, config.codebook_dim, config.prologue_codebook_size, config.prologue_temperature
+            )
+            if config.num_prologue_tokens
+            else None
+        )
+        self.decoder = PrologueViTDecoder(config)
+        self.post_init()
+
+    # ------------------------------------------------------------------ input checks
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.num_channels, c.image_size, c.image_size)
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be a tensor of shape [B, {', '.join(map(str, expected))}]")
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values must be a float tensor in [-1, 1], got dtype {pixel_values.dtype}; "
+                "convert uint8 images with PrologueTokenizerModel.preprocess"
+            )
+        if tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must have shape [B, {', '.join(map(str, expected))}] "
+                f"(channels, image_size, image_size), got {list(pixel_values.shape)}"
+            )
+
+    def _check_visual_ids(self, visual_ids: torch.Tensor) -> None:
+        n = self.config.num_visual_tokens
+        if visual_ids.ndim != 2 or visual_ids.shape[1] != n:
+            raise ValueError(f"visual_ids must have shape [B, {n}], got {list(visual_ids.shape)}")
+        if visual_ids.is_floating_point():
+            raise ValueError(f"visual_ids must be an integer tensor, got dtype {visual_ids.dtype}")
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode(self, pixel_values: torch.Tensor) -> PrologueTokenizerEncoderOutput:
+        """Tokenize images.
+
+        Args:
+            pixel_values: ``[B, C, H, W]`` float images in ``[-1, 1]`` (see :meth:`preprocess`).
+
+        Returns:
+            :class:`PrologueTokenizerEncoderOutput` with ``visual_ids`` ``[B, N]`` and ``prologue_ids`` ``[B, K]``.
+        """
+        self._check_pixel_values(pixel_values)
+        hidden = self.encoder(patchify(pixel_values, self.config.patch_size))
+        num_patches = self.config.num_patches
+        if self.config.tokenizer_type == "1d":
+            visual: QuantizerOutput = self.visual_quantizer(hidden[:, num_patches:])
+        else:
+            visual = self.visual_quantizer(hidden[:, :num_patches])
+        prologue = self.prologue_quantizer(hidden[:, num_patches:]) if self.prologue_quantizer is not None else None
+        return PrologueTokenizerEncoderOutput(
+            visual_ids=visual.ids,
+            prologue_ids=prologue.ids if prologue else None,
+            prologue_soft_onehot=prologue.soft_onehot if prologue else None,
+            visual_quantized=visual.quantized,
+            prologue_quantized=prologue.quantized if prologue else None,
+            visual_features=visual.normalized_features,
+            prologue_features=prologue.normalized_features if prologue else None,
+            visual_logits=visual.logits,
+            prologue_logits=prologue.logits if prologue else None,
+            encoder_hidden_states=hidden,
+            quantizer_loss=visual.loss,
+        )
+
+    def decode_codes(self, visual_codes: torch.Tensor) -> torch.Tensor:
+        """Decode code vectors ``[B, N, codebook_dim]`` (e.g. the STE output) to pixels ``[B, C, H, W]``."""
+        return self.decoder(visual_codes.to(self.decoder.input_layer.weight.dtype))
+
+    def decode(self, visual_ids: torch.Tensor) -> PrologueTokenizerDecoderOutput:
+        """Decode visual ids ``[B, N]`` to ``pixel_values`` ``[B, C, H, W]`` (about ``[-1, 1]``, not clamped)."""
+        self._check_visual_ids(visual_ids)
+        return PrologueTokenizerDecoderOutput(pixel_values=self.decode_codes(self.visual_quantizer.lookup(visual_ids)))
+
+    def forward(self, pixel_values: torch.Tensor) -> PrologueTokenizerOutput:
+        """Encode, quantize and reconstruct ``pixel_values`` ``[B, C, H, W]`` (the training forward).
+
+        Returns the encoder output plus ``reconstruction``; the reconstruction / GAN / AR losses live in the
+        trainers, only the quantizer's own VQ loss is returned here.
+        """
+        encoded = self.encode(pixel_values)
+        reconstruction = self.decode_codes(encoded.visual_quantized)
+        return PrologueTokenizerOutput(**encoded, reconstruction=reconstruction)
+
+    # ------------------------------------------------------------------ image helpers
+    @staticmethod
+    def preprocess(images: PIL.Image.Image | list | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """PIL image(s), uint8 arrays ``[H, W, C]``/``[B, H, W, C]`` or uint8 tensors ``[B, C, H, W]`` -> float
+        ``[B, C, H, W]`` in ``[-1, 1]`` (``x / 127.5 - 1``, as the official code). No resizing is done."""
+        if isinstance(images, PIL.Image.Image):
+            images = [images]
+        if isinstance(images, list):
+            images = np.stack([np.asarray(img.convert("RGB") if isinstance(img, PIL.Image.Image) else img) for img in images])
+        if isinstance(images, np.ndarray):
+            if images.ndim == 3:
+                images = images[None]
+            images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError("images must be PIL images, uint8 arrays [B, H, W, C] or uint8 tensors [B, C, H, W]")
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 (0..255), got {images.dtype}; float inputs are already pixel_values")
+        return images.float() / 127.5 - 1.0
+
+    @staticmethod
+    def postprocess(pixel_values: torch.Tensor, output_type: str = "pil") -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """``[B, C, H, W]`` in ``[-1, 1]`` -> ``"pil"`` list, ``"np"`` float ``[B, H, W, C]`` in ``[0, 1]``,
+        ``"pt"`` float ``[B, C, H, W]`` in ``[0, 1]`` or ``"uint8"`` tensor ``[B, C, H, W]``."""
+        images = ((pixel_values.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        if output_type == "pt":
+            return images
+        if output_type == "uint8":
+            return (images * 255.0).round().to(torch.uint8)
+        array = images.permute(0, 2, 3, 1).cpu().numpy()
+        if output_type == "np":
+            return array
+        if output_type == "pil":
+            uint8 = (array * 255.0).round().astype(np.uint8)
+            return [PIL.Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img) for img in uint8]
+        raise ValueError(f"output_type must be one of 'pil', 'np', 'pt', 'uint8'; got {output_type!r}")
+
+    def codebook_usage(self, ids: torch.Tensor, codebook: str = "visual") -> dict[str, float]:
+        """Fraction of codes used and perplexity of the code histogram of ``ids`` (any shape)."""
+        size = self.config.visual_codebook_size if codebook == "visual" else self.config.prologue_codebook_size
+        counts = torch.bincount(ids.flatten().long(), minlength=size).float()
+        probs = counts / counts.sum().clamp_min(1)
+        entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+        return {"usage": float((counts > 0).float().mean()), "perplexity": float(entropy.exp())}
+
+
+__all__ = [
+    "PrologueTokenizerModel",
+    "PrologueTokenizerPreTrainedModel",
+    "PrologueTokenizerOutput",
+    "PrologueTokenizerEncoderOutput",
+    "PrologueTokenizerDecoderOutput",
+    "patchify",
+    "unpatchify",
+]
