@@ -1,0 +1,55 @@
+"""Tiny builders for tests, docs and install checks (the way diffusers tests build dummy components)."""
+
+from __future__ import annotations
+
+import torch
+
+from .models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerConfig, PrologueTokenizerModel
+
+# The same sizes as the official tiny fixture: 32px, patch 8 (4x4 grid), width 64, 2 layers, 4 heads.
+TINY_TOKENIZER_KWARGS = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    decoder_hidden_size=64,
+    decoder_num_hidden_layers=2,
+    decoder_num_attention_heads=4,
+    rope_axes_dim=[4, 6, 6],
+    visual_codebook_size=64,
+    prologue_codebook_size=16,
+    num_prologue_tokens=4,
+    codebook_dim=8,
+)
+TINY_AR_KWARGS = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+
+
+def tiny_tokenizer_config(**overrides) -> PrologueTokenizerConfig:
+    """A ~0.3M-parameter tokenizer config (32px images, 16 visual + 4 prologue tokens)."""
+    return PrologueTokenizerConfig(**{**TINY_TOKENIZER_KWARGS, **overrides})
+
+
+def tiny_ar_config(tokenizer_config: PrologueTokenizerConfig | None = None, num_classes: int = 10, **overrides) -> PrologueARConfig:
+    """A 2-layer, width-64 AR config whose vocabulary matches ``tokenizer_config`` (tiny default)."""
+    tokenizer_config = tokenizer_config or tiny_tokenizer_config()
+    return PrologueARConfig.for_tokenizer(tokenizer_config, num_classes, **{**TINY_AR_KWARGS, **overrides})
+
+
+def tiny_tokenizer(seed: int = 0, **overrides) -> PrologueTokenizerModel:
+    """A randomly initialised tiny tokenizer in eval mode, deterministic for a given ``seed``.
+
+    The residual gates start at 1 (not the training init of 1e-5) so the random model is not an identity map.
+    """
+    torch.manual_seed(seed)
+    model = PrologueTokenizerModel(tiny_tokenizer_config(**{"layer_scale_init": 1.0, **overrides}))
+    return model.eval()
+
+
+def tiny_ar(tokenizer_config: PrologueTokenizerConfig | None = None, seed: int = 0, num_classes: int = 10, **overrides) -> PrologueARForCausalLM:
+    """A randomly initialised tiny AR in eval mode, deterministic for a given ``seed``."""
+    torch.manual_seed(seed)
+    return PrologueARForCausalLM(tiny_ar_config(tokenizer_config, num_classes, **overrides)).eval()
+
+
+__all__ = ["tiny_tokenizer_config", "tiny_ar_config", "tiny_tokenizer", "tiny_ar", "TINY_TOKENIZER_KWARGS", "TINY_AR_KWARGS"]
