@@ -118,22 +118,33 @@ class _ViTStack(nn.Module):
             ViTBlock(dim, num_heads, mlp_hidden_dim, True, config.dropout, config.attention_dropout, config.layer_scale_init)
             for _ in range(num_layers)
         )
-        # Positions: grid tokens (row, col, 0) with the patch RoPE base, sequence tokens (0, 0, l) with the query base.
-        grid = _grid_positions(config.grid_size)[:num_grid_tokens]
-        seq = _sequence_positions(num_sequence_tokens)
-        grid_theta = torch.full((num_grid_tokens,), config.patch_rope_theta)
-        seq_theta = torch.full((num_sequence_tokens,), config.query_rope_theta)
-        parts = [(grid, grid_theta), (seq, seq_theta)] if grid_first else [(seq, seq_theta), (grid, grid_theta)]
-        angles = multi_axis_rope_angles(
-            torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts]), config.rope_axes_dim
-        )
-        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self._rope_layout = (config.grid_size, num_grid_tokens, num_sequence_tokens, grid_first)
+        self._rope_thetas = (float(config.patch_rope_theta), float(config.query_rope_theta))
+        self._rope_axes_dim = list(config.rope_axes_dim)
         self.gradient_checkpointing = False
 
+    def rope_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` float32 ``[L, head_dim/2]`` for this stack's token layout: grid tokens at ``(row, col, 0)``
+        with the patch RoPE base, sequence tokens (queries / 1D latents) at ``(0, 0, l)`` with the query base.
+
+        Rebuilt per call on the CPU in float64 (cheap), rather than stored as buffers: non-persistent buffers are
+        not restored by ``from_pretrained``'s meta-device load.
+        """
+        grid_size, num_grid, num_seq, grid_first = self._rope_layout
+        patch_theta, query_theta = self._rope_thetas
+        with torch.device("cpu"):
+            grid = (_grid_positions(grid_size)[:num_grid], torch.full((num_grid,), patch_theta))
+            seq = (_sequence_positions(num_seq), torch.full((num_seq,), query_theta))
+            first, second = (grid, seq) if grid_first else (seq, grid)
+            angles = multi_axis_rope_angles(
+                torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]]), self._rope_axes_dim
+            )
+        return angles.cos().float().to(device), angles.sin().float().to(device)
+
     def run_layers(self, x: torch.Tensor) -> torch.Tensor:
+        rope_cos, rope_sin = self.rope_tables(x.device)
         for layer in self.layers:
-            x = layer(x, self.rope_cos, self.rope_sin)
+            x = layer(x, rope_cos, rope_sin)
         return x
 
 
