@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .models import (
     AR_PRESETS,
     L2VectorQuantizer,
+    ProbSTEQuantizer,
     PrologueARConfig,
     PrologueARForCausalLM,
     PrologueARModel,
@@ -16,7 +17,6 @@ from .models import (
     PrologueTokenizerEncoderOutput,
     PrologueTokenizerModel,
     PrologueTokenizerOutput,
-    ProbSTEQuantizer,
     QuantizerOutput,
 )
 from .vocabulary import PrologueVocabulary

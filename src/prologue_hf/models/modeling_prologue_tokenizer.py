@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput, logging
