@@ -14,7 +14,6 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[dev]" $(TORCH_PIN)
 	touch $@
