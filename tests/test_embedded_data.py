@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+
+from prologue_hf.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+
+def test_embedded_fashion_mnist_subset():
+    ds = load_fashion_mnist("test", image_size=32, max_per_class=3)
+    assert len(ds) == 30
+    assert ds.features["label"].names == FASHION_MNIST_CLASSES
+    assert sorted(set(ds["label"])) == list(range(10))
+    image = np.asarray(ds[0]["image"])
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    # grey replicated to RGB, padded with 2 black pixels on each side
+    assert (image[..., 0] == image[..., 1]).all() and (image[..., 0] == image[..., 2]).all()
+    assert image[:2].max() == 0 and image[:, -2:].max() == 0 and image[2:30, 2:30].max() > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("val")
+    with pytest.raises(ValueError, match="image_size must be >= 28"):
+        load_fashion_mnist("test", image_size=16)
