@@ -24,11 +24,11 @@ demo: setup
 	$(PY) examples/demo.py --output-dir demo_out
 
 test: setup
-	$(PY) -m ruff check src tests examples benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 
 lint: setup
-	$(PY) -m ruff check src tests examples benchmarks
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf demo_out .pytest_cache
