@@ -1,0 +1,974 @@
+"""Convert the authors' Prologue checkpoints (public repo ``Zyriix/prologue``) into prologue-hf models, and our AR back.
+
+The official release is a set of accelerate ``save_state`` shards (``model.safetensors``, ``model_1.safetensors``,
+...) plus an OmegaConf config. This module reads a *resolved* config YAML and the shards, checks every key and shape
+against what the config implies, and builds :class:`~prologue_hf.PrologueTokenizerModel` and
+:class:`~prologue_hf.PrologueARForCausalLM` whose outputs equal the official ones (float32, see
+``tests/test_conversion.py``).
+
+What the official code computes from a *constant* label is folded into plain parameters (the tokenizer always sees
+the null label because released models use ``ae_no_label=True``; the AR Transformer always sees
+``uncond_ar_labels``, class information enters only through the BOS row):
+
+* ``c = GELU_tanh(F.normalize(W0 onehot(NC-1) + b0) * sqrt(cond_dim) * (1 + w1))`` (``cond_proj``);
+* AdaRMSNorm ``F.normalize(x) * sqrt(d) * (1 + affine(c))`` -> RMSNorm weight ``1 + affine(c)``;
+* residual gates ``gate(c)`` -> our layer-scale vectors (tokenizer) or a row scaling of ``o_proj`` / ``down_proj``
+  (AR, ``diag(gate) @ W``);
+* q/k ``AdaRMSNorm(head_dim)`` with learned ``w`` -> weight ``1 + w``.
+
+The official AR rotates adjacent channel pairs ``(2i, 2i+1)`` of each head; Llama rotates ``(i, i + head_dim/2)``.
+Permuting the rows of ``q_proj``/``k_proj`` (and the q/k norm weights) inside each head with
+``[0, 2, 4, ..., 1, 3, 5, ...]`` maps one onto the other exactly (attention scores are invariant to a shared
+permutation of q and k channels).
+
+Layouts and facts: ``shared/fixtures/official-prologue-tiny/SPEC.md`` (official ``models.py``, ``train_ar.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors import safe_open
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerConfig, PrologueTokenizerModel
+from ..vocabulary import PrologueVocabulary
+
+logger = logging.get_logger(__name__)
+
+# accelerate ``save_state`` slot order of the official scripts (SPEC.md section 4).
+TOKENIZER_SLOTS = {"online": (0, 1), "ema": (2, 3)}  # (encoder, decoder); inference reads the EMA pair
+AR_SLOTS = {"online": 0, "ema": 1}  # official sampling reads the online AR (``ema_sampling: False``)
+_PREFIXES_TO_STRIP = ("module", "_orig_mod")  # DDP / torch.compile wrappers
+_MISSING = object()
+
+
+# ----------------------------------------------------------------------------------------------------------- config
+class OfficialConfig:
+    """A resolved official OmegaConf config (plain nested dicts), with errors that name the file and the key.
+
+    Args:
+        data: the parsed YAML mapping.
+        path: where it came from (only used in messages).
+    """
+
+    def __init__(self, data: Mapping[str, Any], path: str | Path = "<config>"):
+        if not isinstance(data, Mapping):
+            raise ValueError(f"official config {path} must be a YAML mapping, got {type(data).__name__}")
+        self.data = data
+        self.path = str(path)
+        self._check_resolved(data, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> OfficialConfig:
+        """Read a resolved config YAML with ``yaml.safe_load`` (no OmegaConf, no ``eval``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"official config file {path} does not exist")
+        with open(path, encoding="utf-8") as handle:
+            return cls(yaml.safe_load(handle), path)
+
+    def _check_resolved(self, node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                self._check_resolved(value, f"{prefix}{key}.")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                self._check_resolved(value, f"{prefix}{i}.")
+        elif isinstance(node, str) and "${" in node:
+            raise ValueError(
+                f"{self.path}: key {prefix[:-1]!r} = {node!r} is an unresolved OmegaConf interpolation. Pass the "
+                "resolved config: in the official environment run OmegaConf.save(cfg, 'config.yaml', resolve=True) "
+                "on the merged config (see docs/converting.md)"
+            )
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        """Value at dotted ``key`` (``"Encoder.dim"``); ``default`` when absent, else a ``ValueError``."""
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                if default is _MISSING:
+                    raise ValueError(f"{self.path}: required config key {key!r} is missing")
+                return default
+            node = node[part]
+        return node
+
+    def int(self, key: str, default: Any = _MISSING) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{self.path}: config key {key!r} must be an integer, got {value!r}")
+        return int(value)
+
+    def scalar(self, key: str, default: Any = _MISSING) -> float:
+        value = self.get(key, default)
+        if isinstance(value, list):
+            # FluxRopeEMB accepts one theta per axis; equal values are the scalar case.
+            if not value or any(v != value[0] for v in value):
+                raise NotImplementedError(
+                    f"{self.path}: config key {key!r} = {value!r} gives each RoPE axis its own base; only one base "
+                    "per rotary embedding is supported"
+                )
+            value = value[0]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{self.path}: config key {key!r} must be a number, got {value!r}")
+        return float(value)
+
+    def ratio(self, key: str) -> Fraction:
+        """An ``mlp_ratio`` such as ``"8/3"``, ``"11/4"`` or ``2.75``, parsed as a fraction (never ``eval``)."""
+        value = self.get(key)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return Fraction(value) if isinstance(value, int) else Fraction(str(value).replace(" ", ""))
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"{self.path}: config key {key!r} = {value!r} is not a number or a fraction such as '8/3'"
+            ) from None
+
+    def require(self, key: str, allowed: Iterable[Any], default: Any = _MISSING, why: str = "") -> Any:
+        """The value at ``key``; ``NotImplementedError`` naming the key when it is not one of ``allowed``."""
+        allowed = list(allowed)
+        value = self.get(key, default)
+        if value not in allowed:
+            expected = allowed[0] if len(allowed) == 1 else allowed
+            raise NotImplementedError(
+                f"{self.path}: config key {key!r} = {value!r} is not supported (expected {expected!r})"
+                + (f": {why}" if why else "")
+            )
+        return value
+
+    def expect_equal(self, key: str, expected: Any, what: str) -> None:
+        value = self.get(key)
+        if value != expected:
+            raise ValueError(f"{self.path}: config key {key!r} = {value!r} does not match {what} = {expected!r}")
+
+
+def _hidden_dim(config: OfficialConfig, section: str) -> int:
+    # Official FFN width: round(dim * mlp_ratio) (models.py TransformerLayer).
+    return round(config.int(f"{section}.dim") * config.ratio(f"{section}.mlp_ratio"))
+
+
+def _check_common_transformer(config: OfficialConfig, section: str) -> None:
+    """Settings every official Transformer we convert must have (released models all do)."""
+    config.require(f"{section}.norm_layer", ["RMSNorm"], why="only the AdaRMSNorm variant maps onto RMSNorm")
+    config.require(f"{section}.ffn_type", ["geglu"], why="only the GEGLU FFN is implemented")
+    config.require(f"{section}.rope", [True], why="positions are only encoded by RoPE here")
+    config.require(f"{section}.abs_pos", [False], default=False, why="learned absolute positions are not supported")
+    config.require(f"{section}.attn_norm", [True], why="our blocks always apply the q/k RMSNorm")
+    config.require(f"{section}.out_act", [False], default=False, why="no activation after the final norm is modelled")
+    config.require(f"{section}.use_label", [True], default=True, why="the label-conditioned norms/gates are folded")
+    config.require(f"{section}.bos_zero_rope", [False], default=False)
+    if config.int(f"{section}.dim") % config.int(f"{section}.heads"):
+        raise ValueError(f"{config.path}: {section}.dim must be divisible by {section}.heads")
+
+
+def _check_prologue_variant(config: OfficialConfig) -> None:
+    """Only the paper's main model (``configs/tokenizer/prologue.yaml``) converts."""
+    config.require(
+        "Prologue", [True], default=False,
+        why="the 1D / 2D baselines (configs/tokenizer/1d.yaml, 2d.yaml) are not converted",
+    )
+    config.require(
+        "share_semantic_codebook", [False], default=False,
+        why="a shared prologue/visual codebook is the 1D/2D baseline layout, not converted",
+    )
+    config.require(
+        "share_semantic_encoder", [True], default=True,
+        why="this is Prologue-Post (separate semantic_enc.* encoder), which is not converted",
+    )
+    if config.int("z_len") < 1:
+        raise NotImplementedError(f"{config.path}: z_len = {config.get('z_len')!r}; Prologue needs z_len > 0")
+
+
+def _grid(config: OfficialConfig) -> tuple[int, int]:
+    image_size, patch_size = config.int("image_size"), config.int("patch_size")
+    if image_size % patch_size:
+        raise ValueError(f"{config.path}: image_size {image_size} is not a multiple of patch_size {patch_size}")
+    grid = image_size // patch_size
+    config.expect_equal("x_len", grid * grid, "(image_size / patch_size)**2")
+    config.expect_equal("patch_dim", patch_size * patch_size * config.int("num_channels"), "patch_size**2 * num_channels")
+    return grid, grid * grid
+
+
+def official_tokenizer_config(config: OfficialConfig) -> PrologueTokenizerConfig:
+    """Map an official Prologue tokenizer config (Encoder / Decoder / Quantizer / SemanticQuantizer) onto ours.
+
+    Raises ``NotImplementedError`` for variants and settings that have no exact equivalent here, and ``ValueError`` for
+    internally inconsistent values.
+    """
+    _check_prologue_variant(config)
+    config.require("ae_no_label", [True], default=False, why=(
+        "the encoder/decoder must see the constant null label (as every released model does) so that the "
+        "label-conditioned norms and gates fold into plain weights"
+    ))
+    _, x_len = _grid(config)
+    z_len = config.int("z_len")
+    for section in ("Encoder", "Decoder"):
+        _check_common_transformer(config, section)
+        config.require(f"{section}.causal", [False])
+        config.require(f"{section}.input_layer", [True])
+        config.require(f"{section}.input_bias", [True], default=True)
+    enc, dec = "Encoder", "Decoder"
+    config.require(f"{enc}.context_type", ["concat"], why="the shared Prologue encoder appends its queries")
+    config.require(f"{enc}.rope_input_type", ["l"])
+    config.require(f"{enc}.rope_ctx_type", ["hw"])
+    config.require(f"{enc}.out_norm", [False], why="the Prologue encoder has no final norm")
+    config.require(f"{enc}.out_layer", [False])
+    config.expect_equal(f"{enc}.max_seq_len", z_len, "z_len (prologue queries)")
+    config.expect_equal(f"{enc}.ctx_max_seq_len", x_len, "x_len")
+    config.expect_equal(f"{enc}.input_dim", config.int("patch_dim"), "patch_dim")
+    config.require(f"{dec}.context_type", ["none"])
+    config.require(f"{dec}.rope_input_type", ["hw"])
+    config.require(f"{dec}.out_norm", [True])
+    config.require(f"{dec}.out_layer", [True])
+    config.expect_equal(f"{dec}.max_seq_len", x_len, "x_len")
+    config.expect_equal(f"{dec}.output_dim", config.int("patch_dim"), "patch_dim")
+    if config.get(f"{enc}.rope_axes_dim") != config.get(f"{dec}.rope_axes_dim"):
+        raise NotImplementedError(
+            f"{config.path}: Encoder.rope_axes_dim {config.get(f'{enc}.rope_axes_dim')} differs from "
+            f"Decoder.rope_axes_dim {config.get(f'{dec}.rope_axes_dim')}; one rope_axes_dim is supported"
+        )
+    # Our decoder grid uses the encoder's patch base (patch_rope_theta) for its (row, col) positions.
+    if config.scalar(f"{dec}.rope_theta") != config.scalar(f"{enc}.rope_ctx_theta"):
+        raise NotImplementedError(
+            f"{config.path}: Decoder.rope_theta {config.get(f'{dec}.rope_theta')} differs from "
+            f"Encoder.rope_ctx_theta {config.get(f'{enc}.rope_ctx_theta')}; one patch RoPE base is supported"
+        )
+    z_dims = {}
+    for section, ste, length in (("Quantizer", "VQ", x_len), ("SemanticQuantizer", "ProbQ", z_len)):
+        config.require(f"{section}.ste", [ste])
+        config.require(f"{section}.z_norm_type", ["l2"], why="only L2-normalised features are supported")
+        config.require(f"{section}.codebook_proj", ["l2"], why="only an L2-normalised codebook is supported")
+        if config.get(f"{section}.codebook_init", "trunc_normal") == "LFQ":
+            raise NotImplementedError(f"{config.path}: {section}.codebook_init = 'LFQ' (binary codebook) is not supported")
+        config.expect_equal(f"{section}.length", length, "the token count it quantizes")
+        config.expect_equal(f"{section}.dim", config.int(f"{enc}.dim"), "Encoder.dim")
+        z_dims[section] = config.int(f"{section}.z_dim")
+    if z_dims["Quantizer"] != z_dims["SemanticQuantizer"]:
+        raise NotImplementedError(f"{config.path}: Quantizer.z_dim and SemanticQuantizer.z_dim differ ({z_dims})")
+    config.expect_equal(f"{dec}.input_dim", z_dims["Quantizer"], "Quantizer.z_dim")
+    dropout = float(config.get(f"{enc}.drop", 0.0))
+    if float(config.get(f"{dec}.drop", 0.0)) != dropout or config.get(f"{dec}.attn_drop", 0.0) != config.get(
+        f"{enc}.attn_drop", 0.0
+    ):
+        logger.warning("Encoder and Decoder dropouts differ; the converted tokenizer uses the Encoder's (training only)")
+    return PrologueTokenizerConfig(
+        image_size=config.int("image_size"),
+        patch_size=config.int("patch_size"),
+        num_channels=config.int("num_channels"),
+        tokenizer_type="prologue",
+        num_prologue_tokens=z_len,
+        visual_codebook_size=config.int("Quantizer.codebook_size"),
+        prologue_codebook_size=config.int("SemanticQuantizer.codebook_size"),
+        codebook_dim=z_dims["Quantizer"],
+        prologue_temperature=config.scalar("SemanticQuantizer.temperature"),
+        commitment_beta=config.scalar("Quantizer.vq_beta", 0.25),
+        hidden_size=config.int(f"{enc}.dim"),
+        num_hidden_layers=config.int(f"{enc}.layer_num"),
+        num_attention_heads=config.int(f"{enc}.heads"),
+        intermediate_size=_hidden_dim(config, enc),
+        decoder_hidden_size=config.int(f"{dec}.dim"),
+        decoder_num_hidden_layers=config.int(f"{dec}.layer_num"),
+        decoder_num_attention_heads=config.int(f"{dec}.heads"),
+        decoder_intermediate_size=_hidden_dim(config, dec),
+        rope_axes_dim=[int(a) for a in config.get(f"{enc}.rope_axes_dim")],
+        patch_rope_theta=config.scalar(f"{enc}.rope_ctx_theta"),  # patches are the encoder's "ctx" tokens
+        query_rope_theta=config.scalar(f"{enc}.rope_theta"),
+        dropout=dropout,
+        attention_dropout=float(config.get(f"{enc}.attn_drop", 0.0)),
+    )
+
+
+def _official_vocabulary(config: OfficialConfig) -> tuple[PrologueVocabulary, int]:
+    """Our vocabulary for an official AR config, and the official AR vocabulary size ``V + P + 1``."""
+    _check_prologue_variant(config)
+    _, x_len = _grid(config)
+    z_len = config.int("z_len")
+    config.require(
+        "use_eos", [True], default=False,
+        why="with z_len > 0 our vocabulary always has an EOS between prologue and visual tokens",
+    )
+    num_classes = config.int("ARModel.cond_input_dim")
+    if num_classes < 2:
+        raise ValueError(f"{config.path}: ARModel.cond_input_dim = {num_classes}; expected real classes + 1 null class")
+    vocabulary = PrologueVocabulary(
+        config.int("Quantizer.codebook_size"),
+        config.int("SemanticQuantizer.codebook_size"),
+        z_len,
+        x_len,
+        num_classes - 1,  # the official last class index is the null class
+    )
+    return vocabulary, vocabulary.eos_token_id + 1
+
+
+def official_ar_config(config: OfficialConfig) -> PrologueARConfig:
+    """Map an official ``ARModel`` config (``conditional_injection: llamagen``) onto a :class:`PrologueARConfig`."""
+    vocabulary, _ = _official_vocabulary(config)
+    ar = "ARModel"
+    _check_common_transformer(config, ar)
+    config.require(f"{ar}.conditional_injection", ["llamagen"], default="llamagen", why="class BOS rows are mapped")
+    config.require(f"{ar}.context_type", ["none"])
+    config.require(f"{ar}.rope_input_type", ["l"], why="hybrid (l, h, w) AR positions are not supported")
+    config.require(f"{ar}.causal", [True])
+    config.require(f"{ar}.input_layer", [False])
+    config.require(f"{ar}.out_norm", [True])
+    for key in ("ffn_bias", "attn_out_bias", "out_bias"):
+        config.require(f"{ar}.{key}", [False], why="the Llama layers carry no biases")
+    if config.scalar(f"{ar}.temperature", 1.0) != 1.0:
+        raise NotImplementedError(
+            f"{config.path}: ARModel.temperature = {config.get(f'{ar}.temperature')!r}; the official forward divides "
+            "the logits by it but its sampler does not, so no single converted head reproduces both (expected 1.0)"
+        )
+    # The YAML holds max_seq_len before ARModel.__init__ adds the EOS slot.
+    config.expect_equal(f"{ar}.max_seq_len", vocabulary.num_prologue_tokens + vocabulary.num_visual_tokens, "z_len + x_len")
+    tied = bool(config.get(f"{ar}.tied_embedding", False))
+    if not tied:
+        config.require(f"{ar}.out_layer", [True])
+    dim, heads = config.int(f"{ar}.dim"), config.int(f"{ar}.heads")
+    return PrologueARConfig(
+        visual_vocab_size=vocabulary.visual_vocab_size,
+        prologue_vocab_size=vocabulary.prologue_vocab_size,
+        num_prologue_tokens=vocabulary.num_prologue_tokens,
+        num_visual_tokens=vocabulary.num_visual_tokens,
+        num_classes=vocabulary.num_classes,
+        hidden_size=dim,
+        intermediate_size=_hidden_dim(config, ar),
+        num_hidden_layers=config.int(f"{ar}.layer_num"),
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        hidden_act="gelu_pytorch_tanh",  # GEGLU: the activated half is the "value" half of fc1
+        use_qk_norm=True,
+        rope_axes_dim=[int(a) for a in config.get(f"{ar}.rope_axes_dim")],
+        rope_parameters={"rope_type": "default", "rope_theta": config.scalar(f"{ar}.rope_theta")},
+        # Official norms are F.normalize (a 1e-12 floor on ||x||), i.e. RMSNorm with a negligible epsilon.
+        rms_norm_eps=1e-12,
+        tie_word_embeddings=tied,
+        attention_bias=False,
+        mlp_bias=False,
+        embedding_dropout=float(config.get(f"{ar}.emb_dropout", 0.0)),
+        hidden_dropout=float(config.get(f"{ar}.drop", 0.0)),
+        attention_dropout=float(config.get(f"{ar}.attn_drop", 0.0)),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ shard files
+def shard_name(slot: int) -> str:
+    """accelerate's name for the ``slot``-th prepared model: ``model.safetensors``, ``model_1.safetensors``, ..."""
+    if slot < 0:
+        raise ValueError(f"slot must be >= 0, got {slot}")
+    return "model.safetensors" if slot == 0 else f"model_{slot}.safetensors"
+
+
+def _strip_wrappers(key: str) -> str:
+    return ".".join(part for part in key.split(".") if part not in _PREFIXES_TO_STRIP)
+
+
+def load_official_shard(directory: str | Path, slot: int, role: str = "") -> tuple[dict[str, torch.Tensor], Path]:
+    """Load ``directory/model[_slot].safetensors`` with ``module.`` / ``_orig_mod.`` wrappers stripped.
+
+    Returns ``(state_dict, path)``; a missing directory or shard raises ``FileNotFoundError`` naming the file.
+    """
+    directory = Path(directory)
+    path = directory / shard_name(slot)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    if not path.is_file():
+        present = sorted(p.name for p in directory.glob("model*.safetensors"))
+        raise FileNotFoundError(
+            f"missing shard {path}{f' ({role})' if role else ''}; the directory holds {present or 'no model*.safetensors'}"
+        )
+    state: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            new_key = _strip_wrappers(key)
+            if new_key in state:
+                raise ValueError(f"{path}: keys collide after stripping module./_orig_mod. prefixes: {key!r}")
+            state[new_key] = handle.get_tensor(key)
+    return state, path
+
+
+# Keys that identify a checkpoint of another kind or variant, with the explanation given to the user.
+_POST_KEYS = (
+    re.compile(r"^semantic_enc\."),
+    "Prologue-Post's separate prologue encoder (semantic_enc.*); Prologue-Post checkpoints are not supported",
+)
+FOREIGN_IN_TOKENIZER = (
+    _POST_KEYS,
+    (re.compile(r"^(ar_model\.|bos_emb\.|semantic_emb\.|uncond_ar_labels$)"), "an AR model (ar_model.*, bos_emb): "
+     "tokenizer directories hold the joint AR in model_5/model_6 (OneStage models ship their AR there), which is "
+     "not supported; the tokenizer itself is read from the encoder/decoder slots"),
+)
+FOREIGN_IN_AR = (
+    (re.compile(r"^(enc|dec|quantizer|semantic_quantizer)\."), "tokenizer weights (enc.* / dec.*): this is a "
+     "tokenizer checkpoint, not an AR checkpoint. OneStage models ship their AR inside the tokenizer directory as "
+     "model_5/model_6, which is not supported"),
+)
+
+
+def _check_layout(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    path: Path,
+    config_path: str,
+    foreign: Iterable[tuple[re.Pattern, str]] = (),
+    optional: Iterable[str] = (),
+) -> None:
+    """Every expected key present with the expected shape, nothing unexpected; errors name the file and key.
+
+    ``foreign`` lists ``(pattern, meaning)`` of keys that reveal an unsupported variant (``NotImplementedError``).
+    """
+    optional = set(optional)
+    for key in sorted(state):
+        if key in expected:
+            continue
+        for pattern, meaning in foreign:
+            if pattern.search(key):
+                raise NotImplementedError(f"{path}: key {key!r} belongs to {meaning}")
+        raise ValueError(f"{path}: unexpected key {key!r} (not part of the layout {config_path} describes)")
+    for key, shape in expected.items():
+        if key not in state:
+            if key in optional:
+                continue
+            raise ValueError(f"{path}: missing key {key!r} (expected shape {list(shape)} from {config_path})")
+        if tuple(state[key].shape) != tuple(shape):
+            raise ValueError(
+                f"{path}: key {key!r} has shape {list(state[key].shape)} but {config_path} implies {list(shape)}"
+            )
+
+
+def _transformer_layout(
+    prefix: str, layers: int, dim: int, heads: int, hidden: int, cond_dim: int, num_labels: int, bias: bool
+) -> dict[str, tuple[int, ...]]:
+    """Official ``Transformer`` keys shared by encoder, decoder and AR (cond_proj + layers)."""
+    head_dim = dim // heads
+    shapes = {
+        f"{prefix}cond_proj.0.weight": (cond_dim, num_labels),
+        f"{prefix}cond_proj.0.bias": (cond_dim,),
+        f"{prefix}cond_proj.1.weight": (cond_dim,),
+    }
+    for i in range(layers):
+        p = f"{prefix}layers.{i}."
+        shapes.update({
+            f"{p}adaln_1.affine.weight": (dim, cond_dim),
+            f"{p}adaln_1.affine.bias": (dim,),
+            f"{p}attn1.to_q.weight": (dim, dim),
+            f"{p}attn1.to_kv.weight": (2 * dim, dim),
+            f"{p}attn1.q_norm.weight": (head_dim,),
+            f"{p}attn1.k_norm.weight": (head_dim,),
+            f"{p}attn1.proj.weight": (dim, dim),
+            f"{p}gate1.weight": (dim, cond_dim),
+            f"{p}adaln_mlp.affine.weight": (dim, cond_dim),
+            f"{p}adaln_mlp.affine.bias": (dim,),
+            f"{p}ffn.fc1.weight": (2 * hidden, dim),
+            f"{p}ffn.fc2.weight": (dim, hidden),
+            f"{p}gate_mlp.weight": (dim, cond_dim),
+        })
+        if bias:
+            shapes.update({
+                f"{p}attn1.proj.bias": (dim,),
+                f"{p}gate1.bias": (dim,),
+                f"{p}ffn.fc1.bias": (2 * hidden,),
+                f"{p}ffn.fc2.bias": (dim,),
+                f"{p}gate_mlp.bias": (dim,),
+            })
+    return shapes
+
+
+def _section_layout(config: OfficialConfig, section: str, prefix: str, bias: bool) -> dict[str, tuple[int, ...]]:
+    return _transformer_layout(
+        prefix,
+        config.int(f"{section}.layer_num"),
+        config.int(f"{section}.dim"),
+        config.int(f"{section}.heads"),
+        _hidden_dim(config, section),
+        config.int(f"{section}.cond_dim"),
+        config.int(f"{section}.cond_input_dim"),
+        bias,
+    )
+
+
+def _bias_keys(layout: Mapping[str, tuple[int, ...]]) -> set[str]:
+    # The tokenizer layers' biases follow ffn_bias / attn_out_bias (default True); when a config turns them off the
+    # keys are absent and our biases are zero, which is the same function.
+    return {k for k in layout if re.search(r"\.(attn1\.proj|gate1|gate_mlp|ffn\.fc1|ffn\.fc2)\.bias$", k)}
+
+
+# ---------------------------------------------------------------------------------------------------------- folding
+def null_condition(state: Mapping[str, torch.Tensor], prefix: str, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The official ``cond_proj`` applied to the null label, in float64.
+
+    ``c = GELU_tanh(F.normalize(W0 y + b0) * sqrt(cond_dim) * (1 + w1))`` with ``y = onehot(NC - 1)`` (or ``labels``
+    ``[1, NC]`` when given, e.g. the AR's stored ``uncond_ar_labels``). Returns ``[cond_dim]``.
+    """
+    weight = state[f"{prefix}cond_proj.0.weight"].double()  # [cond_dim, NC]
+    if labels is None:
+        labels = F.one_hot(torch.tensor(weight.shape[1] - 1), weight.shape[1])
+    y = labels.reshape(-1).double()
+    h = weight @ y + state[f"{prefix}cond_proj.0.bias"].double()
+    h = F.normalize(h, dim=-1) * math.sqrt(h.shape[-1]) * (1.0 + state[f"{prefix}cond_proj.1.weight"].double())
+    return F.gelu(h, approximate="tanh")
+
+
+def _linear(state: Mapping[str, torch.Tensor], prefix: str, c: torch.Tensor) -> torch.Tensor:
+    """``W c + b`` (``b`` optional) in float64: an official cond-Linear evaluated at the constant condition."""
+    out = state[f"{prefix}.weight"].double() @ c
+    if f"{prefix}.bias" in state:
+        out = out + state[f"{prefix}.bias"].double()
+    return out
+
+
+def _rope_permutation(head_dim: int) -> torch.Tensor:
+    """Channel order that turns the official adjacent pairs ``(2i, 2i+1)`` into Llama's ``(i, i + head_dim/2)``."""
+    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+
+
+def _permute_heads(weight: torch.Tensor, heads: int, perm: torch.Tensor) -> torch.Tensor:
+    """Permute the output rows of ``weight`` ``[heads * head_dim, in]`` inside each head."""
+    return weight.reshape(heads, -1, weight.shape[-1])[:, perm].reshape(weight.shape)
+
+
+# -------------------------------------------------------------------------------------------------------- tokenizer
+def _tokenizer_block(state: Mapping[str, torch.Tensor], prefix: str, c: torch.Tensor, dim: int, ours: str) -> dict:
+    """Official tokenizer ``TransformerLayer`` -> our ``ViTBlock`` (folded at the constant condition ``c``)."""
+    zeros = torch.zeros(dim, dtype=torch.float64)
+    out = {
+        f"{ours}.norm1.weight": 1.0 + _linear(state, f"{prefix}adaln_1.affine", c),
+        f"{ours}.attn.to_q.weight": state[f"{prefix}attn1.to_q.weight"],
+        f"{ours}.attn.to_kv.weight": state[f"{prefix}attn1.to_kv.weight"],
+        f"{ours}.attn.q_norm.weight": 1.0 + state[f"{prefix}attn1.q_norm.weight"].double(),
+        f"{ours}.attn.k_norm.weight": 1.0 + state[f"{prefix}attn1.k_norm.weight"].double(),
+        f"{ours}.attn.proj.weight": state[f"{prefix}attn1.proj.weight"],
+        f"{ours}.attn.proj.bias": state.get(f"{prefix}attn1.proj.bias", zeros),
+        f"{ours}.gate_attn": _linear(state, f"{prefix}gate1", c),
+        f"{ours}.norm2.weight": 1.0 + _linear(state, f"{prefix}adaln_mlp.affine", c),
+        f"{ours}.mlp.fc1.weight": state[f"{prefix}ffn.fc1.weight"],  # same layout: first half is the gate
+        f"{ours}.mlp.fc2.weight": state[f"{prefix}ffn.fc2.weight"],
+        f"{ours}.gate_mlp": _linear(state, f"{prefix}gate_mlp", c),
+    }
+    hidden2 = state[f"{prefix}ffn.fc1.weight"].shape[0]
+    out[f"{ours}.mlp.fc1.bias"] = state.get(f"{prefix}ffn.fc1.bias", torch.zeros(hidden2, dtype=torch.float64))
+    out[f"{ours}.mlp.fc2.bias"] = state.get(f"{prefix}ffn.fc2.bias", zeros)
+    return out
+
+
+def _check_pos_select_mask(state: Mapping[str, torch.Tensor], key: str, path: Path) -> None:
+    # The official argmax adds this mask; released models keep it all zeros (SPEC.md section 2). Anything else would
+    # restrict code choices per position, which our quantizers do not model.
+    if bool(state[key].ne(0).any()):
+        raise NotImplementedError(f"{path}: key {key!r} is not all zeros; per-position code masks are not supported")
+
+
+def convert_official_tokenizer(
+    tokenizer_dir: str | Path,
+    config: OfficialConfig | str | Path,
+    weights: str = "ema",
+    encoder_slot: int | None = None,
+    decoder_slot: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PrologueTokenizerModel:
+    """Build a :class:`PrologueTokenizerModel` from an official tokenizer checkpoint directory.
+
+    Args:
+        tokenizer_dir: folder with the accelerate shards (``model.safetensors`` = encoder, ``model_1`` = decoder,
+            ``model_2`` / ``model_3`` = their EMA copies).
+        config: the resolved official config (path or :class:`OfficialConfig`).
+        weights: ``"ema"`` (``model_2`` + ``model_3``, what the official inference reads) or ``"online"``
+            (``model`` + ``model_1``).
+        encoder_slot, decoder_slot: explicit shard indices, overriding ``weights``.
+        dtype: dtype of the returned model (folding is done in float64).
+
+    Returns:
+        The tokenizer in eval mode.
+
+    >>> tokenizer = convert_official_tokenizer("ckpts/prologue-b-tokenizer", "config.yaml")  # doctest: +SKIP
+    """
+    config = config if isinstance(config, OfficialConfig) else OfficialConfig.from_yaml(config)
+    if weights not in TOKENIZER_SLOTS:
+        raise ValueError(f"weights must be one of {sorted(TOKENIZER_SLOTS)}, got {weights!r}")
+    ours_config = official_tokenizer_config(config)
+    enc_slot = TOKENIZER_SLOTS[weights][0] if encoder_slot is None else encoder_slot
+    dec_slot = TOKENIZER_SLOTS[weights][1] if decoder_slot is None else decoder_slot
+    enc_state, enc_path = load_official_shard(tokenizer_dir, enc_slot, f"tokenizer encoder, {weights} weights")
+    dec_state, dec_path = load_official_shard(tokenizer_dir, dec_slot, f"tokenizer decoder, {weights} weights")
+
+    # ----- expected layout of both files, from the config
+    dim, z_dim, z_len, x_len = (
+        config.int("Encoder.dim"), ours_config.codebook_dim, ours_config.num_prologue_tokens, ours_config.num_patches
+    )
+    enc_layout = _section_layout(config, "Encoder", "enc.", bias=True)
+    enc_layout.update({
+        "enc.input_layer.weight": (dim, ours_config.patch_dim),
+        "enc.input_layer.bias": (dim,),
+        "enc.learnable_query": (1, z_len, dim),
+    })
+    for name, size, length in (
+        ("quantizer", ours_config.visual_codebook_size, x_len),
+        ("semantic_quantizer", ours_config.prologue_codebook_size, z_len),
+    ):
+        enc_layout.update({
+            f"{name}.proj_in.weight": (z_dim, dim),
+            f"{name}.proj_in.bias": (z_dim,),
+            f"{name}.embedding.weight": (size, z_dim),
+            f"{name}.pos_select_mask": (length, size),
+        })
+    dec_dim = config.int("Decoder.dim")
+    dec_layout = _section_layout(config, "Decoder", "dec.", bias=True)
+    dec_layout.update({
+        "dec.input_layer.weight": (dec_dim, z_dim),
+        "dec.input_layer.bias": (dec_dim,),
+        "dec.out_norm.affine.weight": (dec_dim, config.int("Decoder.cond_dim")),
+        "dec.out_norm.affine.bias": (dec_dim,),
+        "dec.out.weight": (ours_config.patch_dim, dec_dim),
+        "dec.out.bias": (ours_config.patch_dim,),
+    })
+    _check_layout(enc_state, enc_layout, enc_path, config.path, FOREIGN_IN_TOKENIZER, _bias_keys(enc_layout))
+    _check_layout(
+        dec_state, dec_layout, dec_path, config.path, FOREIGN_IN_TOKENIZER, _bias_keys(dec_layout) | {"dec.out.bias"}
+    )
+    for name in ("quantizer", "semantic_quantizer"):
+        _check_pos_select_mask(enc_state, f"{name}.pos_select_mask", enc_path)
+
+    # ----- map (ae_no_label: both networks always see the null label, SPEC.md section 2)
+    converted: dict[str, torch.Tensor] = {
+        "encoder.input_layer.weight": enc_state["enc.input_layer.weight"],
+        "encoder.input_layer.bias": enc_state["enc.input_layer.bias"],
+        "encoder.queries": enc_state["enc.learnable_query"],
+        "decoder.input_layer.weight": dec_state["dec.input_layer.weight"],
+        "decoder.input_layer.bias": dec_state["dec.input_layer.bias"],
+        "decoder.output_layer.weight": dec_state["dec.out.weight"],
+        "decoder.output_layer.bias": dec_state.get("dec.out.bias", torch.zeros(ours_config.patch_dim)),
+    }
+    for official, ours in (("quantizer", "visual_quantizer"), ("semantic_quantizer", "prologue_quantizer")):
+        for key in ("proj_in.weight", "proj_in.bias", "embedding.weight"):
+            converted[f"{ours}.{key}"] = enc_state[f"{official}.{key}"]
+    enc_c = null_condition(enc_state, "enc.")
+    for i in range(config.int("Encoder.layer_num")):
+        converted.update(_tokenizer_block(enc_state, f"enc.layers.{i}.", enc_c, dim, f"encoder.layers.{i}"))
+    dec_c = null_condition(dec_state, "dec.")
+    for i in range(config.int("Decoder.layer_num")):
+        converted.update(_tokenizer_block(dec_state, f"dec.layers.{i}.", dec_c, dec_dim, f"decoder.layers.{i}"))
+    converted["decoder.norm.weight"] = 1.0 + _linear(dec_state, "dec.out_norm.affine", dec_c)
+
+    model = PrologueTokenizerModel(ours_config)
+    model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True)
+    logger.info("converted official tokenizer from %s and %s", enc_path, dec_path)
+    return model.to(dtype).eval()
+
+
+# --------------------------------------------------------------------------------------------------------------- AR
+def _ar_layout(config: OfficialConfig, ar_vocab: int, tied: bool) -> dict[str, tuple[int, ...]]:
+    dim, num_labels = config.int("ARModel.dim"), config.int("ARModel.cond_input_dim")
+    layout = _section_layout(config, "ARModel", "ar_model.", bias=False)
+    layout.update({
+        "bos_emb.weight": (num_labels, dim),
+        "semantic_emb.weight": (ar_vocab, dim),
+        "uncond_ar_labels": (1, num_labels),
+        "ar_model.out_norm.affine.weight": (dim, config.int("ARModel.cond_dim")),
+        "ar_model.out_norm.affine.bias": (dim,),
+    })
+    if not tied:
+        layout["ar_model.out.weight"] = (ar_vocab, dim)
+    return layout
+
+
+def convert_official_ar(
+    ar_dir: str | Path,
+    config: OfficialConfig | str | Path,
+    weights: str = "online",
+    slot: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PrologueARForCausalLM:
+    """Build a :class:`PrologueARForCausalLM` from an official AR checkpoint directory.
+
+    Args:
+        ar_dir: folder with ``model.safetensors`` (AR) and ``model_1.safetensors`` (its EMA).
+        config: the resolved official config (path or :class:`OfficialConfig`).
+        weights: ``"online"`` (``model.safetensors``, what official sampling reads) or ``"ema"``.
+        slot: explicit shard index, overriding ``weights``.
+        dtype: dtype of the returned model (folding is done in float64).
+
+    Returns:
+        The AR in eval mode. Its logits on the first ``V + P + 1`` columns equal the official ones; class rows of
+        ``lm_head`` are zero (never sampled: the logit mask removes them).
+
+    >>> ar = convert_official_ar("ckpts/ar-prologue-b-b", "config.yaml")  # doctest: +SKIP
+    """
+    config = config if isinstance(config, OfficialConfig) else OfficialConfig.from_yaml(config)
+    if weights not in AR_SLOTS:
+        raise ValueError(f"weights must be one of {sorted(AR_SLOTS)}, got {weights!r}")
+    slot = AR_SLOTS[weights] if slot is None else slot
+    ours_config = official_ar_config(config)
+    vocabulary = ours_config.vocabulary
+    _, ar_vocab = _official_vocabulary(config)
+    state, path = load_official_shard(ar_dir, slot, f"AR, {weights} weights")
+    if slot != 0 and (Path(ar_dir) / shard_name(0)).is_file() and any(k.startswith("enc.") for k in _shard_keys(ar_dir)):
+        raise NotImplementedError(
+            f"{path}: {ar_dir} is a tokenizer directory ({shard_name(0)} holds 'enc.*' keys); a joint/OneStage AR "
+            "stored there (model_5/model_6) is not supported"
+        )
+    state.pop("logit_mask", None)  # non-persistent in the current code; old checkpoints carry it (train_ar.py:582)
+    tied = ours_config.tie_word_embeddings
+    layout = _ar_layout(config, ar_vocab, tied)
+    _check_layout(state, layout, path, config.path, FOREIGN_IN_AR)
+
+    dim, heads = ours_config.hidden_size, ours_config.num_attention_heads
+    perm = _rope_permutation(dim // heads)
+    c = null_condition(state, "ar_model.", labels=state["uncond_ar_labels"])
+    embed = torch.zeros(vocabulary.vocab_size, dim, dtype=torch.float64)
+    embed[:ar_vocab] = state["semantic_emb.weight"].double()  # visual | prologue | EOS, same order
+    embed[vocabulary.class_offset :] = state["bos_emb.weight"].double()  # classes 0..NC-2, then the null row NC-1
+    converted: dict[str, torch.Tensor] = {
+        "model.embed_tokens.weight": embed,
+        "model.norm.weight": 1.0 + _linear(state, "ar_model.out_norm.affine", c),
+    }
+    if tied:
+        converted["lm_head.weight"] = embed
+    else:
+        head = torch.zeros(vocabulary.vocab_size, dim, dtype=torch.float64)
+        head[:ar_vocab] = state["ar_model.out.weight"].double()  # class rows stay 0: masked during sampling
+        converted["lm_head.weight"] = head
+    for i in tqdm(range(ours_config.num_hidden_layers), desc="AR layers", disable=ours_config.num_hidden_layers < 8):
+        p, ours = f"ar_model.layers.{i}.", f"model.layers.{i}"
+        to_kv = state[f"{p}attn1.to_kv.weight"]
+        fc1 = state[f"{p}ffn.fc1.weight"]
+        hidden = fc1.shape[0] // 2
+        converted.update({
+            f"{ours}.input_layernorm.weight": 1.0 + _linear(state, f"{p}adaln_1.affine", c),
+            f"{ours}.self_attn.q_proj.weight": _permute_heads(state[f"{p}attn1.to_q.weight"], heads, perm),
+            f"{ours}.self_attn.k_proj.weight": _permute_heads(to_kv[:dim], heads, perm),
+            f"{ours}.self_attn.v_proj.weight": to_kv[dim:],
+            f"{ours}.self_attn.q_norm.weight": 1.0 + state[f"{p}attn1.q_norm.weight"].double()[perm],
+            f"{ours}.self_attn.k_norm.weight": 1.0 + state[f"{p}attn1.k_norm.weight"].double()[perm],
+            # gate1(c) scales the attention branch per output channel: fold it into the rows of o_proj.
+            f"{ours}.self_attn.o_proj.weight": _linear(state, f"{p}gate1", c)[:, None]
+            * state[f"{p}attn1.proj.weight"].double(),
+            f"{ours}.post_attention_layernorm.weight": 1.0 + _linear(state, f"{p}adaln_mlp.affine", c),
+            # GEGLU: fc1 = [gate | value], out = fc2(gelu(value) * gate); Llama: down(act(gate_proj) * up_proj).
+            f"{ours}.mlp.up_proj.weight": fc1[:hidden],
+            f"{ours}.mlp.gate_proj.weight": fc1[hidden:],
+            f"{ours}.mlp.down_proj.weight": _linear(state, f"{p}gate_mlp", c)[:, None] * state[f"{p}ffn.fc2.weight"].double(),
+        })
+    model = PrologueARForCausalLM(ours_config)
+    model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True)
+    if tied:
+        model.tie_weights()
+    logger.info("converted official AR from %s", path)
+    return model.to(dtype).eval()
+
+
+def _shard_keys(directory: str | Path, slot: int = 0) -> list[str]:
+    with safe_open(str(Path(directory) / shard_name(slot)), framework="pt") as handle:
+        return list(handle.keys())
+
+
+# ------------------------------------------------------------------------------------------------- reverse (AR only)
+def ar_to_official(model: PrologueARForCausalLM, cond_dim: int = 32) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Our AR -> an official ``ARModel`` state dict and the config entries it needs.
+
+    The official code conditions its norms and gates on ``c = cond_proj(onehot(null))``; we choose ``cond_proj`` so
+    that ``c`` is a constant vector (``W0 = 0``, ``b0 = 1``, ``w1 = 0`` give ``c = GELU_tanh(1) * ones``), then set
+    each AdaRMSNorm affine to ``weight = 0, bias = ours - 1`` and each gate to a rank-one ``W`` with ``W c = 1``
+    (``o_proj``/``down_proj`` keep our folded scaling). The RoPE permutation is undone.
+
+    Args:
+        model: a converted or trained :class:`PrologueARForCausalLM` with ``use_qk_norm=True`` and ``rope_axes_dim``.
+        cond_dim: ``ARModel.cond_dim`` to write (any value >= 1 works; the release uses ``cond_emb_dim: 32``).
+
+    Returns:
+        ``(state_dict, config_entries)``: tensors keyed as in the official ``ar/model.safetensors``, and a nested dict
+        of the official config keys (``z_len``, codebook sizes, ``ARModel.*``) that describe it.
+    """
+    config = model.config
+    if not config.use_qk_norm or config.rope_axes_dim is None:
+        raise NotImplementedError(
+            "only ARs with use_qk_norm=True and rope_axes_dim set (the official layout) can be written in the official "
+            f"format; got use_qk_norm={config.use_qk_norm}, rope_axes_dim={config.rope_axes_dim}"
+        )
+    if config.hidden_act != "gelu_pytorch_tanh" or config.attention_bias or config.mlp_bias:
+        raise NotImplementedError("the official AR is GEGLU (gelu_pytorch_tanh) without biases")
+    if config.num_key_value_heads != config.num_attention_heads or config.head_dim * config.num_attention_heads != config.hidden_size:
+        raise NotImplementedError("the official AR has no grouped-query attention and head_dim = dim / heads")
+    if config.rope_parameters.get("rope_type", "default") != "default":
+        raise NotImplementedError(f"rope scaling {config.rope_parameters} has no official equivalent")
+    vocabulary = config.vocabulary
+    if not vocabulary.has_prologue:
+        raise NotImplementedError("the official Prologue AR needs num_prologue_tokens > 0")
+    if cond_dim < 1:
+        raise ValueError(f"cond_dim must be >= 1, got {cond_dim}")
+    if config.rms_norm_eps > 1e-8:
+        logger.warning(
+            "rms_norm_eps=%g: the official AdaRMSNorm has no epsilon, outputs differ slightly", config.rms_norm_eps
+        )
+    state = {k: v.detach().double().cpu() for k, v in model.state_dict().items()}
+    dim, heads = config.hidden_size, config.num_attention_heads
+    inverse = torch.argsort(_rope_permutation(dim // heads))
+    ar_vocab = vocabulary.eos_token_id + 1
+    num_labels = vocabulary.num_classes + 1
+    c_value = F.gelu(torch.tensor(1.0, dtype=torch.float64), approximate="tanh")
+    gate = torch.full((dim, cond_dim), 1.0 / (cond_dim * float(c_value)), dtype=torch.float64)  # W c = 1
+
+    def affine(prefix: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": torch.zeros(dim, cond_dim, dtype=torch.float64), f"{prefix}.bias": weight - 1.0}
+
+    out: dict[str, torch.Tensor] = {
+        "bos_emb.weight": state["model.embed_tokens.weight"][vocabulary.class_offset :],
+        "semantic_emb.weight": state["model.embed_tokens.weight"][:ar_vocab],
+        "uncond_ar_labels": F.one_hot(torch.tensor([num_labels - 1]), num_labels).double(),
+        "ar_model.cond_proj.0.weight": torch.zeros(cond_dim, num_labels, dtype=torch.float64),
+        "ar_model.cond_proj.0.bias": torch.ones(cond_dim, dtype=torch.float64),
+        "ar_model.cond_proj.1.weight": torch.zeros(cond_dim, dtype=torch.float64),
+        **affine("ar_model.out_norm.affine", state["model.norm.weight"]),
+    }
+    if not config.tie_word_embeddings:
+        out["ar_model.out.weight"] = state["lm_head.weight"][:ar_vocab]
+    for i in range(config.num_hidden_layers):
+        p, ours = f"ar_model.layers.{i}.", f"model.layers.{i}."
+        out.update({
+            **affine(f"{p}adaln_1.affine", state[f"{ours}input_layernorm.weight"]),
+            f"{p}attn1.to_q.weight": _permute_heads(state[f"{ours}self_attn.q_proj.weight"], heads, inverse),
+            f"{p}attn1.to_kv.weight": torch.cat([
+                _permute_heads(state[f"{ours}self_attn.k_proj.weight"], heads, inverse),
+                state[f"{ours}self_attn.v_proj.weight"],
+            ]),
+            f"{p}attn1.q_norm.weight": state[f"{ours}self_attn.q_norm.weight"][inverse] - 1.0,
+            f"{p}attn1.k_norm.weight": state[f"{ours}self_attn.k_norm.weight"][inverse] - 1.0,
+            f"{p}attn1.proj.weight": state[f"{ours}self_attn.o_proj.weight"],
+            f"{p}gate1.weight": gate,
+            **affine(f"{p}adaln_mlp.affine", state[f"{ours}post_attention_layernorm.weight"]),
+            f"{p}ffn.fc1.weight": torch.cat([state[f"{ours}mlp.up_proj.weight"], state[f"{ours}mlp.gate_proj.weight"]]),
+            f"{p}ffn.fc2.weight": state[f"{ours}mlp.down_proj.weight"],
+            f"{p}gate_mlp.weight": gate,
+        })
+    dtype = model.get_input_embeddings().weight.dtype
+    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
+    entries = {
+        "z_len": vocabulary.num_prologue_tokens,
+        "x_len": vocabulary.num_visual_tokens,
+        "Prologue": True,
+        "share_semantic_codebook": False,
+        "share_semantic_encoder": True,
+        "use_eos": True,
+        "Quantizer": {"codebook_size": vocabulary.visual_vocab_size},
+        "SemanticQuantizer": {"codebook_size": vocabulary.prologue_vocab_size},
+        "ARModel": {
+            "dim": dim,
+            "layer_num": config.num_hidden_layers,
+            "heads": heads,
+            "mlp_ratio": f"{config.intermediate_size}/{dim}",
+            "cond_dim": cond_dim,
+            "cond_input_dim": num_labels,
+            "max_seq_len": vocabulary.num_prologue_tokens + vocabulary.num_visual_tokens,
+            "rope_theta": config.rope_parameters["rope_theta"],
+            "rope_axes_dim": list(config.rope_axes_dim),
+            "tied_embedding": bool(config.tie_word_embeddings),
+            "conditional_injection": "llamagen",
+            "context_type": "none",
+            "rope_input_type": "l",
+            "causal": True,
+            "attn_norm": True,
+            "input_layer": False,
+            "out_norm": True,
+            "out_layer": not config.tie_word_embeddings,
+            "ffn_bias": False,
+            "out_bias": False,
+            "attn_out_bias": False,
+            "temperature": 1.0,
+        },
+    }
+    return out, entries
+
+
+def save_official_ar(model: PrologueARForCausalLM, output_dir: str | Path, cond_dim: int = 32) -> dict[str, Path]:
+    """Write our AR in the official layout: ``output_dir/model.safetensors`` (metadata ``{"format": "pt"}``, as
+    accelerate writes it) and ``output_dir/ar_config.yaml`` with the config entries to merge into the official
+    config. Returns both paths.
+
+    >>> save_official_ar(PrologueARForCausalLM.from_pretrained("converted/ar"), "official_ar")  # doctest: +SKIP
+    """
+    from safetensors.torch import save_file
+
+    state, entries = ar_to_official(model, cond_dim=cond_dim)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    weights, config_path = output_dir / shard_name(0), output_dir / "ar_config.yaml"
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with open(config_path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(entries, handle, sort_keys=False)
+    return {"weights": weights, "config": config_path}
+
+
+# ------------------------------------------------------------------------------------------------------ entry point
+def convert_official_checkpoint(
+    config: str | Path,
+    output_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    ar_dir: str | Path | None = None,
+    tokenizer_weights: str = "ema",
+    ar_weights: str = "online",
+    dtype: torch.dtype = torch.float32,
+    save_pipeline: bool = True,
+) -> dict[str, Path]:
+    """Convert an official tokenizer and/or AR and write ``save_pretrained`` folders under ``output_dir``.
+
+    Writes ``output_dir/tokenizer`` and/or ``output_dir/ar``. With both and ``save_pipeline``, ``output_dir`` itself
+    becomes a :class:`~prologue_hf.ProloguePipeline` folder (``model_index.json`` beside the two component folders).
+
+    Returns:
+        ``{"tokenizer": path, "ar": path, "pipeline": path}`` for what was written.
+
+    >>> convert_official_checkpoint("config.yaml", "converted", tokenizer_dir="ckpts/prologue-b-tokenizer",
+    ...                             ar_dir="ckpts/ar-prologue-b-b")  # doctest: +SKIP
+    """
+    if tokenizer_dir is None and ar_dir is None:
+        raise ValueError("give tokenizer_dir, ar_dir or both")
+    official = OfficialConfig.from_yaml(config)
+    output_dir = Path(output_dir)
+    written: dict[str, Path] = {}
+    tokenizer = convert_official_tokenizer(tokenizer_dir, official, tokenizer_weights, dtype=dtype) if tokenizer_dir else None
+    ar = convert_official_ar(ar_dir, official, ar_weights, dtype=dtype) if ar_dir else None
+    if tokenizer is not None and ar is not None:
+        from .. import check_compatible
+
+        check_compatible(tokenizer.config, ar.config)
+    for name, model in (("tokenizer", tokenizer), ("ar", ar)):
+        if model is not None:
+            model.save_pretrained(output_dir / name)
+            written[name] = output_dir / name
+            logger.info("wrote %s to %s", name, output_dir / name)
+    if tokenizer is not None and ar is not None and save_pipeline:
+        try:
+            from ..pipelines.pipeline_prologue import ProloguePipeline
+        except ImportError as error:
+            raise NotImplementedError(
+                f"the tokenizer and AR folders were written to {output_dir}, but ProloguePipeline is not available "
+                f"({error}); rerun with save_pipeline=False (--no-pipeline) or once prologue_hf.pipelines exists"
+            ) from error
+        ProloguePipeline(tokenizer=tokenizer, ar=ar).save_pretrained(output_dir)
+        written["pipeline"] = output_dir
+    return written
+
+
+__all__ = [
+    "AR_SLOTS",
+    "TOKENIZER_SLOTS",
+    "OfficialConfig",
+    "ar_to_official",
+    "convert_official_ar",
+    "convert_official_checkpoint",
+    "convert_official_tokenizer",
+    "load_official_shard",
+    "null_condition",
+    "official_ar_config",
+    "official_tokenizer_config",
+    "save_official_ar",
+    "shard_name",
+]
