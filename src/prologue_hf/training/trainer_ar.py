@@ -1,0 +1,525 @@
+"""Stage-2 AR training: :class:`PrologueARTrainer`, a ``transformers.Trainer`` over pretokenized ids.
+
+Paper appendix E, "Stage 2 (Standalone AR training)": a full-size AR is trained from scratch on the frozen
+tokenizer's ids with next-token cross-entropy over ``[class][prologue x K][EOS][visual x N]`` (the sequence is built by
+:meth:`PrologueVocabulary.build_sequence`, the only code that knows the layout), AdamW (beta = (0.9, 0.96)), weight
+decay 0.03 (0.05 for L-XL), warmup then linear decay to a floor (2e-4 -> 5e-5 with the B tokenizer, 4e-4 -> 1e-5
+with the L tokenizer), gradient clipping 1.0, dropout 0.1 and embedding dropout 0.1, and the class label dropped to
+the null class with probability 0.1 for classifier-free guidance.
+
+The loss is the plain mean CE over all ``K + 1 + N`` predicted positions, as the official ``train_ar.py``
+(``CE(logits, idx)`` over every position); optional per-segment weights multiply the prologue, EOS and visual terms.
+Per-segment top-1 accuracy (the paper's Fig. 4, right) and loss are logged next to the Trainer's ``loss``.
+
+Weight decay: norms, biases and embeddings get none (``decay_embeddings=False``, the default). The official
+config has ``embedding_nowd: false``, i.e. it *does* decay the shared token embedding; the LlamaGen / nanoGPT
+convention of no decay on embeddings is kept here because the class and null-class rows are looked up rarely
+(one position per sequence) and decay would shrink them between uses. Set ``decay_embeddings=True`` for the
+official behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import ModelOutput, logging
+
+from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
+from ..vocabulary import PrologueVocabulary
+from .pretokenize import PretokenizedInfo
+
+logger = logging.get_logger(__name__)
+
+SEGMENTS = ("prologue", "eos", "visual")  # the order of PrologueVocabulary.segment_ids: 0, 1, 2
+EMA_WEIGHTS_NAME = "ema.safetensors"
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class PrologueARDataCollator:
+    """Rows of a pretokenized dataset -> AR batch tensors.
+
+    Each feature has ``visual_ids`` ``[N]``, ``prologue_ids`` ``[K]`` (any integer dtype: int16 on disk) and ``label``
+    (``-1`` = unlabelled, mapped to the null class). Returns ``class_labels`` ``[B]``, ``visual_ids`` ``[B, N]`` and
+    ``prologue_ids`` ``[B, K]`` (only when K > 0), all ``torch.long``; the id ranges are checked by the vocabulary.
+
+    >>> from prologue_hf.testing import tiny_ar_config
+    >>> collate = PrologueARDataCollator(tiny_ar_config().vocabulary)
+    >>> batch = collate([{"visual_ids": [0] * 16, "prologue_ids": [1] * 4, "label": -1}])
+    >>> batch["class_labels"].tolist(), batch["visual_ids"].shape
+    ([10], torch.Size([1, 16]))
+    """
+
+    vocabulary: PrologueVocabulary
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("features is empty")
+        vocab = self.vocabulary
+        labels = torch.as_tensor(np.asarray([int(f["label"]) for f in features], dtype=np.int64))
+        labels = torch.where(labels < 0, torch.full_like(labels, vocab.num_classes), labels)
+        visual = torch.from_numpy(np.stack([np.asarray(f["visual_ids"]) for f in features]).astype(np.int64))
+        vocab.check_visual_ids(visual)
+        vocab.class_token_ids(labels)  # range check of the labels
+        batch = {"class_labels": labels, "visual_ids": visual}
+        if vocab.has_prologue:
+            prologue = torch.from_numpy(np.stack([np.asarray(f["prologue_ids"]) for f in features]).astype(np.int64))
+            vocab.check_prologue_ids(prologue)
+            batch["prologue_ids"] = prologue
+        return batch
+
+
+def class_dropout_mask(seed: int, step: int, micro_step: int, global_batch_size: int, prob: float) -> torch.Tensor:
+    """Bool ``[global_batch_size]``: which samples of one global micro-batch get the null class (CFG training).
+
+    A pure function of ``(seed, step, micro_step)``, so a resumed run draws the same masks and ``P`` processes that
+    each take their slice of the global batch drop exactly the samples one process would (the 2-process run then
+    reproduces the 1-process loss curve).
+
+    >>> class_dropout_mask(0, 3, 0, 8, 0.5).tolist() == class_dropout_mask(0, 3, 0, 8, 0.5).tolist()
+    True
+    """
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"prob must lie in [0, 1], got {prob}")
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, step, micro_step]).generate_state(2, dtype=np.uint32)
+    generator = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    return torch.rand(global_batch_size, generator=generator) < prob
+
+
+# --------------------------------------------------------------------------------------------- loss
+@dataclass
+class PrologueARLossOutput(ModelOutput):
+    """Output of :func:`prologue_ar_loss`.
+
+    Attributes:
+        loss: scalar, ``sum_t w[seg(t)] * CE_t / (B * (K + 1 + N))`` (all weights 1: the mean CE).
+        token_loss: ``[B, K + 1 + N]`` CE of each predicted token (float32).
+        correct: ``[B, K + 1 + N]`` bool, top-1 prediction equals the target.
+        segment_stats: ``[3, 3]`` float: rows prologue / EOS / visual, columns (CE sum, correct count, token count).
+    """
+
+    loss: torch.Tensor | None = None
+    token_loss: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    segment_stats: torch.Tensor | None = None
+
+
+def prologue_ar_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    vocabulary: PrologueVocabulary,
+    segment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> PrologueARLossOutput:
+    """Next-token CE of a full AR sequence: logits at position ``t`` predict ``input_ids[:, t + 1]``.
+
+    Args:
+        logits: ``[B, 1 + K + 1 + N, vocab]`` (the last position predicts nothing and is ignored).
+        input_ids: ``[B, 1 + K + 1 + N]`` from :meth:`PrologueVocabulary.build_sequence`.
+        vocabulary: gives the segment of each predicted position (:meth:`PrologueVocabulary.segment_ids`).
+        segment_weights: multipliers of the prologue, EOS and visual CE terms.
+
+    No logit mask is applied: the official training CE runs over the full vocabulary (the mask is a sampling-time
+    constraint), so the model also learns to put no mass on ids of the wrong segment.
+    """
+    length = vocabulary.sequence_length
+    if input_ids.ndim != 2 or input_ids.shape[1] != length:
+        raise ValueError(f"input_ids must have shape [B, {length}], got {list(input_ids.shape)}")
+    if logits.shape[:2] != input_ids.shape:
+        raise ValueError(f"logits must have shape [B, {length}, vocab], got {list(logits.shape)}")
+    targets = input_ids[:, 1:]  # [B, T]
+    scores = logits[:, :-1].float()  # [B, T, vocab]
+    token_loss = F.cross_entropy(scores.transpose(1, 2), targets, reduction="none")  # [B, T]
+    correct = scores.argmax(-1) == targets
+    segments = vocabulary.segment_ids(logits.device)  # [T]
+    weights = torch.as_tensor(segment_weights, dtype=token_loss.dtype, device=logits.device)[segments]  # [T]
+    loss = (token_loss * weights).sum() / token_loss.numel()
+    with torch.no_grad():
+        one_hot = F.one_hot(segments, len(SEGMENTS)).to(token_loss.dtype)  # [T, 3]
+        stats = torch.stack(
+            [token_loss.sum(0) @ one_hot, correct.sum(0).to(token_loss.dtype) @ one_hot, one_hot.sum(0) * targets.shape[0]],
+            dim=1,
+        )  # [3, 3]
+    return PrologueARLossOutput(loss=loss, token_loss=token_loss, correct=correct, segment_stats=stats)
+
+
+# --------------------------------------------------------------------------------------------- arguments
+@dataclass
+class PrologueARTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the paper's stage-2 defaults and Prologue's own options.
+
+    Changed defaults: ``adam_beta2=0.96``, ``weight_decay=0.03``, ``max_grad_norm=1.0``,
+    ``remove_unused_columns=False`` (the collator reads the pretokenized columns), ``report_to="none"``.
+
+    Args:
+        class_dropout_prob: probability of replacing a label by the null class (paper: 0.1).
+        prologue_loss_weight, eos_loss_weight, visual_loss_weight: per-segment CE multipliers (1 = official).
+        min_learning_rate: floor of the linear decay (paper: 5e-5 / 1e-5). With ``lr_scheduler_type="linear"`` it
+            switches to transformers' polynomial schedule with ``power=1`` and ``lr_end=min_learning_rate``: linear
+            warmup from 0, then linear decay from ``learning_rate`` to the floor.
+        decay_embeddings: apply weight decay to the token embedding too (official ``embedding_nowd: false``).
+        ema_halflife_steps: keep an EMA of the weights with this half-life in optimizer steps (official
+            ``ar_ema_halflife: 2500``); ``None`` = no EMA. Not with FSDP or DeepSpeed ZeRO-3.
+        sample_steps: write a sample grid every this many steps (needs an image tokenizer; 0 = never).
+    """
+
+    adam_beta2: float = field(default=0.96, metadata={"help": "AdamW beta2 (paper stage 2: 0.96)."})
+    weight_decay: float = field(default=0.03, metadata={"help": "AdamW weight decay (paper: 0.03; L-XL 0.05)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (paper: 1.0)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the pretokenized columns."})
+    report_to: str | list[str] = field(default="none", metadata={"help": "Trackers (tensorboard, wandb, ...)."})
+    class_dropout_prob: float = field(default=0.1, metadata={"help": "Label -> null class probability (CFG)."})
+    prologue_loss_weight: float = field(default=1.0, metadata={"help": "CE multiplier of the prologue tokens."})
+    eos_loss_weight: float = field(default=1.0, metadata={"help": "CE multiplier of the EOS token."})
+    visual_loss_weight: float = field(default=1.0, metadata={"help": "CE multiplier of the visual tokens."})
+    min_learning_rate: float | None = field(default=None, metadata={"help": "Floor of the linear LR decay."})
+    decay_embeddings: bool = field(default=False, metadata={"help": "Weight-decay the token embedding too."})
+    ema_halflife_steps: float | None = field(default=None, metadata={"help": "EMA half-life in steps (None: off)."})
+    sample_steps: int = field(default=0, metadata={"help": "Sample-grid period in steps (0: off)."})
+
+    def __post_init__(self):
+        if not 0.0 <= self.class_dropout_prob <= 1.0:
+            raise ValueError(f"class_dropout_prob must lie in [0, 1], got {self.class_dropout_prob}")
+        for name in ("prologue_loss_weight", "eos_loss_weight", "visual_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.ema_halflife_steps is not None and not self.ema_halflife_steps > 0:
+            raise ValueError(f"ema_halflife_steps must be > 0 or None, got {self.ema_halflife_steps}")
+        if self.sample_steps < 0:
+            raise ValueError(f"sample_steps must be >= 0, got {self.sample_steps}")
+        if self.min_learning_rate is not None:
+            if not 0 <= self.min_learning_rate < self.learning_rate:
+                raise ValueError(
+                    f"min_learning_rate must lie in [0, learning_rate={self.learning_rate}), got {self.min_learning_rate}"
+                )
+            if str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)) not in ("linear", "polynomial"):
+                raise ValueError(
+                    f"min_learning_rate applies to the linear schedule; got lr_scheduler_type={self.lr_scheduler_type}"
+                )
+            self.lr_scheduler_type = "polynomial"
+            self.lr_scheduler_kwargs = {"lr_end": self.min_learning_rate, "power": 1.0}
+        super().__post_init__()
+
+    @property
+    def segment_weights(self) -> tuple[float, float, float]:
+        return (self.prologue_loss_weight, self.eos_loss_weight, self.visual_loss_weight)
+
+
+# --------------------------------------------------------------------------------------------- EMA
+class PrologueAREMA:
+    """Exponential moving average of a model's trainable parameters, kept in float32.
+
+    ``decay = 0.5 ** (1 / halflife_steps)`` per optimizer step (the official AR keeps ``ar_ema_halflife: 2500``).
+    """
+
+    def __init__(self, model: nn.Module, halflife_steps: float):
+        self.decay = 0.5 ** (1.0 / halflife_steps)
+        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for name, param in model.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: tensor.contiguous() for name, tensor in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise ValueError(f"EMA state lacks {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
+        for name in self.shadow:
+            self.shadow[name].copy_(state[name])
+
+    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A full state dict of ``model`` with the EMA values in place of the trainable parameters."""
+        state = model.state_dict()
+        return {k: (self.shadow[k].to(v.dtype) if k in self.shadow else v) for k, v in state.items()}
+
+
+class _EMAUpdateCallback(TrainerCallback):
+    def __init__(self, trainer: PrologueARTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.trainer.ema is None:
+            self.trainer.ema = PrologueAREMA(model, args.ema_halflife_steps)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.trainer.ema.update(model)
+
+
+# --------------------------------------------------------------------------------------------- trainer
+class PrologueARTrainer(Trainer):
+    """``Trainer`` for stage 2: class-dropout CFG training with the routed segment statistics.
+
+    Args:
+        model: a :class:`~prologue_hf.PrologueARForCausalLM` (its config's vocabulary defines the sequence).
+        args: :class:`PrologueARTrainingArguments`.
+        train_dataset / eval_dataset: pretokenized datasets (:func:`~prologue_hf.training.pretokenize.load_pretokenized_dataset`);
+            when they carry :class:`PretokenizedInfo` the AR config is checked against it (vocabulary, classes,
+            tokenizer identity) and a config without ``tokenizer_identity`` records the dataset's.
+        image_tokenizer: optional tokenizer, checked to be the one that produced the ids (used for sample grids).
+        **kwargs: passed to ``transformers.Trainer`` (``callbacks``, ...).
+
+    >>> trainer = PrologueARTrainer(model, PrologueARTrainingArguments("out"), train_dataset=ids)  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    """
+
+    # compute_loss returns a per-micro-batch mean; the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: PrologueARForCausalLM,
+        args: PrologueARTrainingArguments,
+        train_dataset=None,
+        eval_dataset=None,
+        image_tokenizer: PrologueTokenizerModel | None = None,
+        data_collator=None,
+        **kwargs,
+    ):
+        if not isinstance(args, PrologueARTrainingArguments):
+            raise ValueError(f"args must be PrologueARTrainingArguments, got {type(args).__name__}")
+        if not isinstance(getattr(model, "config", None), PrologueARConfig):
+            raise ValueError(f"model must be a PrologueARForCausalLM, got {type(model).__name__}")
+        for dataset in (train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])):
+            info = PretokenizedInfo.from_dataset(dataset) if dataset is not None else None
+            if info is not None:
+                info.check_ar_config(model.config)
+                if image_tokenizer is not None:
+                    info.check_tokenizer(image_tokenizer)
+                if model.config.tokenizer_identity is None:
+                    model.config.tokenizer_identity = info.tokenizer_identity
+        if args.ema_halflife_steps is not None and (args.fsdp or args.deepspeed or _accelerate_uses("FSDP", "DEEPSPEED")):
+            raise ValueError(
+                "ema_halflife_steps is not supported with FSDP / DeepSpeed (sharded parameters); train without EMA "
+                "(the official AR samples from the online weights, ema_sampling: False)"
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=data_collator or PrologueARDataCollator(model.config.vocabulary),
+            **kwargs,
+        )
+        self.vocabulary = model.config.vocabulary
+        self.image_tokenizer = image_tokenizer
+        self.ema: PrologueAREMA | None = None
+        if args.ema_halflife_steps is not None:
+            self.add_callback(_EMAUpdateCallback(self))
+        self._stats = {"train": None, "eval": None}
+        self._class_drop = None  # [dropped, total] since the last log
+        self._micro = (-1, 0)  # (global step, forward passes at that step): keys the class-dropout draws
+
+    # ------------------------------------------------------------------ optimizer
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        """Weights of linear layers only: no decay on norms and biases (Trainer default) nor, unless
+        ``decay_embeddings``, on ``nn.Embedding`` weights (see the module docstring)."""
+        names = super().get_decay_parameter_names(model)
+        if self.args.decay_embeddings:
+            return names
+        embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        return [n for n, p in model.named_parameters() if n in set(names) and id(p) not in embedding_params]
+
+    # ------------------------------------------------------------------ loss
+    def _class_dropout(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """Replace labels by the null class following :func:`class_dropout_mask` (training forward passes only)."""
+        step = self.state.global_step
+        micro = self._micro[1] + 1 if self._micro[0] == step else 0
+        self._micro = (step, micro)
+        local = class_labels.shape[0]
+        mask = class_dropout_mask(
+            self.args.seed, step, micro, local * self.args.world_size, self.args.class_dropout_prob
+        )[self.args.process_index * local : (self.args.process_index + 1) * local].to(class_labels.device)
+        counts = torch.stack([mask.sum(), torch.tensor(local, device=mask.device)]).float()
+        self._class_drop = counts if self._class_drop is None else self._class_drop + counts
+        return torch.where(mask, torch.full_like(class_labels, self.vocabulary.num_classes), class_labels)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Build ``[class][prologue][EOS][visual]`` and return the (segment-weighted) mean next-token CE.
+
+        ``num_items_in_batch`` is not needed: every sequence has the same length, so the per-micro-batch mean is
+        exact and the Trainer divides it by the accumulation steps (``loss_is_scaled_for_ga = False``).
+        """
+        class_labels = inputs["class_labels"]
+        if model.training and self.args.class_dropout_prob > 0:
+            class_labels = self._class_dropout(class_labels)
+        input_ids = self.vocabulary.build_sequence(class_labels, inputs["visual_ids"], inputs.get("prologue_ids"))
+        outputs = model(input_ids=input_ids, use_cache=False)
+        result = prologue_ar_loss(outputs.logits, input_ids, self.vocabulary, self.args.segment_weights)
+        key = "train" if model.training else "eval"
+        stats = result.segment_stats.detach()
+        self._stats[key] = stats if self._stats[key] is None else self._stats[key] + stats
+        return (result.loss, outputs) if return_outputs else result.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation: the loss only (no logits are gathered; the segment statistics are logged by :meth:`log`)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # ------------------------------------------------------------------ logging
+    def _segment_logs(self, key: str, prefix: str) -> dict[str, float]:
+        stats = self._stats[key]
+        if stats is None:
+            stats = torch.zeros(len(SEGMENTS), 3, device=self.args.device)
+        stats = self.accelerator.reduce(stats.to(self.args.device), reduction="sum").cpu()  # every process calls log
+        self._stats[key] = None
+        logs = {}
+        for i, name in enumerate(SEGMENTS):
+            if stats[i, 2] > 0:
+                logs[f"{prefix}loss_{name}"] = float(stats[i, 0] / stats[i, 2])
+                logs[f"{prefix}accuracy_{name}"] = float(stats[i, 1] / stats[i, 2])
+        if stats[:, 2].sum() > 0:
+            logs[f"{prefix}accuracy"] = float(stats[:, 1].sum() / stats[:, 2].sum())
+        return logs
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add per-segment loss / top-1 accuracy (and the realised class-dropout rate) to training and eval logs."""
+        if "loss" in logs:
+            logs.update(self._segment_logs("train", ""))
+            if self.args.class_dropout_prob > 0:
+                drop = self._class_drop if self._class_drop is not None else torch.zeros(2, device=self.args.device)
+                drop = self.accelerator.reduce(drop.to(self.args.device), reduction="sum").cpu()
+                self._class_drop = None
+                if drop[1] > 0:
+                    logs["class_drop_rate"] = float(drop[0] / drop[1])
+        elif "eval_loss" in logs:
+            logs.update(self._segment_logs("eval", "eval_"))
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ EMA checkpointing
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.ema is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_file(self.ema.state_dict(), os.path.join(folder, EMA_WEIGHTS_NAME))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``Trainer.train``; when resuming with EMA on, the EMA weights of the checkpoint are restored first."""
+        if resume_from_checkpoint and self.args.ema_halflife_steps is not None:
+            path = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if path is None:
+                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
+            ema_file = os.path.join(path, EMA_WEIGHTS_NAME)
+            if not os.path.exists(ema_file):
+                raise ValueError(f"{path} has no {EMA_WEIGHTS_NAME}: it was not trained with ema_halflife_steps")
+            self.ema = PrologueAREMA(self.model, self.args.ema_halflife_steps)
+            self.ema.load_state_dict(load_file(ema_file))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def save_ema_model(self, output_dir: str) -> None:
+        """``save_pretrained`` of the model with the EMA weights (main process only)."""
+        if self.ema is None:
+            raise ValueError("no EMA: train with ema_halflife_steps set")
+        if self.args.should_save:
+            self.model.save_pretrained(output_dir, state_dict=self.ema.model_state_dict(self.model))
+
+
+def _accelerate_uses(*kinds: str) -> bool:
+    """Whether ``accelerate launch`` configured one of ``kinds`` (``ACCELERATE_USE_FSDP`` / ``..._DEEPSPEED``)."""
+    return any(os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true") for kind in kinds)
+
+
+# --------------------------------------------------------------------------------------------- samples
+class PrologueARSampleGridCallback(TrainerCallback):
+    """Every ``every_n_steps`` optimizer steps (and at the end), sample one image per label with
+    :func:`~prologue_hf.pipelines.sampling.generate_ids`, decode the visual ids with the tokenizer and save a PNG grid
+    ``<output_dir>/samples/step-XXXXXXXX.png``. Every process samples (a sharded model needs all of them); the main
+    process writes. A fixed seed makes grids of successive steps comparable.
+
+    Args:
+        image_tokenizer: decodes the visual ids (moved to the AR's device on first use).
+        class_labels: one grid cell per label.
+        every_n_steps: period in optimizer steps.
+        sampling: a :class:`~prologue_hf.pipelines.sampling.SamplingParams`, a preset name, or ``None`` (plain).
+        seed: seed of the sampler's generator.
+        output_dir: default ``args.output_dir``.
+    """
+
+    def __init__(
+        self,
+        image_tokenizer: PrologueTokenizerModel,
+        class_labels: list[int],
+        every_n_steps: int,
+        sampling=None,
+        seed: int = 0,
+        output_dir: str | None = None,
+    ):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if not class_labels:
+            raise ValueError("class_labels must name at least one class")
+        self.image_tokenizer = image_tokenizer.eval()
+        self.class_labels = [int(c) for c in class_labels]
+        self.every_n_steps = every_n_steps
+        self.sampling = sampling
+        self.seed = seed
+        self.output_dir = output_dir
+        self.saved: list[str] = []
+
+    @torch.no_grad()
+    def sample_images(self, model: PrologueARForCausalLM) -> list:
+        """One PIL image per label (the model is put in eval mode for the call and restored after)."""
+        from ..pipelines.sampling import generate_ids
+
+        was_training = model.training
+        model.eval()
+        try:
+            device = model.device
+            tokenizer = self.image_tokenizer.to(device)
+            generator = torch.Generator(device=device).manual_seed(self.seed)
+            labels = torch.tensor(self.class_labels, dtype=torch.long)
+            out = generate_ids(model, labels, self.sampling, generator=generator)
+            pixels = tokenizer.decode(out.visual_ids.to(device)).pixel_values
+        finally:
+            model.train(was_training)
+        return PrologueTokenizerModel.postprocess(pixels, "pil")
+
+    def save_grid(self, model: PrologueARForCausalLM, path: str, is_main: bool = True) -> None:
+        from diffusers.utils import make_image_grid
+
+        images = self.sample_images(model)
+        if is_main:
+            cols = math.ceil(math.sqrt(len(images)))
+            rows = math.ceil(len(images) / cols)
+            images += [images[0].point(lambda _: 0)] * (rows * cols - len(images))  # black padding cells
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            make_image_grid(images, rows=rows, cols=cols).save(path)
+            self.saved.append(path)
+
+    def _maybe_save(self, args, state, model) -> None:
+        path = os.path.join(self.output_dir or args.output_dir, "samples", f"step-{state.global_step:08d}.png")
+        if path not in self.saved:
+            self.save_grid(model, path, state.is_world_process_zero)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_n_steps == 0:
+            self._maybe_save(args, state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._maybe_save(args, state, model)
+
+
+__all__ = [
+    "PrologueARDataCollator",
+    "PrologueARTrainingArguments",
+    "PrologueARTrainer",
+    "PrologueAREMA",
+    "PrologueARLossOutput",
+    "PrologueARSampleGridCallback",
+    "class_dropout_mask",
+    "prologue_ar_loss",
+]
