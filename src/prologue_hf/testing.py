@@ -52,4 +52,30 @@ def tiny_ar(tokenizer_config: PrologueTokenizerConfig | None = None, seed: int =
     return PrologueARForCausalLM(tiny_ar_config(tokenizer_config, num_classes, **overrides)).eval()
 
 
-__all__ = ["tiny_tokenizer_config", "tiny_ar_config", "tiny_tokenizer", "tiny_ar", "TINY_TOKENIZER_KWARGS", "TINY_AR_KWARGS"]
+def tiny_pipeline(seed: int = 0, num_classes: int = 10, **sampling_kwargs):
+    """A tiny random-weight :class:`~prologue_hf.pipelines.ProloguePipeline` (32px images, 10 classes named
+    ``"class 0"`` ... ``"class 9"``), built in about a second; deterministic for a given ``seed``.
+
+    ``sampling_kwargs`` go to the pipeline (``default_sampling=...``).
+
+    >>> pipe = tiny_pipeline()
+    >>> pipe.get_label_ids("class 3")
+    [3]
+    """
+    from .pipelines.pipeline_prologue import ProloguePipeline  # deferred: diffusers is slow to import
+
+    tokenizer = tiny_tokenizer(seed)
+    ar = tiny_ar(tokenizer.config, seed=seed, num_classes=num_classes)
+    id2label = {i: f"class {i}" for i in range(num_classes)} if num_classes != 1000 else None
+    return ProloguePipeline(tokenizer=tokenizer, ar=ar, id2label=id2label, **sampling_kwargs)
+
+
+__all__ = [
+    "tiny_tokenizer_config",
+    "tiny_ar_config",
+    "tiny_tokenizer",
+    "tiny_ar",
+    "tiny_pipeline",
+    "TINY_TOKENIZER_KWARGS",
+    "TINY_AR_KWARGS",
+]

@@ -1,5 +1,12 @@
-"""Sampling and the diffusers pipeline."""
+"""The Prologue sampler and the diffusers pipeline."""
 
+# PrologueTokenizerModel, PrologueARForCausalLM and PreTrainedModel are exported here because model_index.json names
+# this module as the components' library: diffusers looks the classes and their loadable base class up on it.
+from transformers import PreTrainedModel
+
+from ..models import PrologueARForCausalLM, PrologueTokenizerModel
+from .imagenet_labels import IMAGENET_CLASS_NAMES, imagenet_id2label
+from .pipeline_prologue import ProloguePipeline, ProloguePipelineOutput, prologue_model_card
 from .sampling import (
     SAMPLING_PRESETS,
     GuidanceSchedule,
@@ -11,11 +18,19 @@ from .sampling import (
 )
 
 __all__ = [
+    "IMAGENET_CLASS_NAMES",
     "SAMPLING_PRESETS",
     "GuidanceSchedule",
+    "PreTrainedModel",
     "PreallocatedCache",
+    "PrologueARForCausalLM",
     "PrologueSegmentLogitsProcessor",
+    "ProloguePipeline",
+    "ProloguePipelineOutput",
+    "PrologueTokenizerModel",
     "SamplerOutput",
     "SamplingParams",
     "generate_ids",
+    "imagenet_id2label",
+    "prologue_model_card",
 ]
