@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..models import PrologueARConfig, PrologueTokenizerConfig, PrologueTokenizerModel
-from .data import ImageTransform, prepare_image_dataset, to_rgb
+from .data import ImageTransform, load_image_dataset, prepare_image_dataset, to_rgb
 
 logger = logging.get_logger(__name__)
 
@@ -143,11 +143,14 @@ class PretokenizedInfo:
     format_version: int = PRETOKENIZED_FORMAT_VERSION
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: PrologueTokenizerModel, name_or_path: str | None = None, **kwargs) -> PretokenizedInfo:
-        """Info whose tokenizer fields come from ``tokenizer`` (``kwargs`` fill the rest)."""
+    def from_tokenizer(
+        cls, tokenizer: PrologueTokenizerModel, name_or_path: str | None = None, identity: str | None = None, **kwargs
+    ) -> PretokenizedInfo:
+        """Info whose tokenizer fields come from ``tokenizer`` (``identity`` defaults to its
+        :func:`tokenizer_identity`; ``kwargs`` fill the rest)."""
         config = tokenizer.config
         return cls(
-            tokenizer_identity=tokenizer_identity(tokenizer),
+            tokenizer_identity=identity or tokenizer_identity(tokenizer),
             tokenizer_config_hash=tokenizer_config_hash(config),
             tokenizer_name_or_path=name_or_path if name_or_path is not None else (config.name_or_path or None),
             visual_vocab_size=config.visual_codebook_size,
@@ -221,16 +224,18 @@ class PretokenizedInfo:
                 f"tokenized by {self.tokenizer_identity} ({self.tokenizer_name_or_path or 'unknown path'})"
             )
 
-    def ar_config_kwargs(self) -> dict:
-        """The vocabulary fields (and tokenizer identity) of a matching :class:`PrologueARConfig`."""
-        if self.num_classes is None:
-            raise ValueError("the dataset records no num_classes; pass num_classes to the AR config explicitly")
+    def ar_config_kwargs(self, num_classes: int | None = None) -> dict:
+        """The vocabulary fields (and tokenizer identity) of a matching :class:`PrologueARConfig`; ``num_classes``
+        defaults to the dataset's."""
+        num_classes = self.num_classes if num_classes is None else num_classes
+        if num_classes is None:
+            raise ValueError("the dataset records no num_classes; pass num_classes explicitly")
         return dict(
             visual_vocab_size=self.visual_vocab_size,
             prologue_vocab_size=self.prologue_vocab_size if self.num_prologue_tokens else 1,
             num_prologue_tokens=self.num_prologue_tokens,
             num_visual_tokens=self.num_visual_tokens,
-            num_classes=self.num_classes,
+            num_classes=num_classes,
             tokenizer_identity=self.tokenizer_identity,
         )
 
@@ -472,6 +477,7 @@ def pretokenize_dataset(
     split: str | None = None,
     process_index: int | None = None,
     num_processes: int | None = None,
+    identity: str | None = None,
 ) -> datasets.Dataset | None:
     """Tokenize every image of ``dataset`` into ``config.output_dir`` (one row per view; module docstring).
 
@@ -484,6 +490,8 @@ def pretokenize_dataset(
         process_index, num_processes: this process's slice. Default: ``accelerate.PartialState`` (all processes
             synchronise and the main one merges). Given explicitly, no process synchronisation happens and process 0
             merges as soon as every shard exists (used to run slices one after another).
+        identity: the tokenizer's :func:`tokenizer_identity` when it was computed before a dtype cast (default:
+            computed from ``tokenizer``).
 
     Returns:
         The merged dataset on the merging process (formatted as by :func:`load_pretokenized_dataset`), else ``None``.
@@ -514,6 +522,7 @@ def pretokenize_dataset(
     info = PretokenizedInfo.from_tokenizer(
         tokenizer,
         tokenizer_name_or_path,
+        identity=identity,
         num_classes=len(class_names) if class_names else None,
         class_names=class_names,
         crops=config.crops,
@@ -700,6 +709,59 @@ def _merge_shards(output_dir, shards_dir, info, config, features, streaming, wor
     return load_pretokenized_dataset(output_dir)
 
 
+# --------------------------------------------------------------------------------------------- CLI wiring
+@dataclass
+class PretokenizeScriptArguments:
+    """Source, tokenizer and Hub options of ``examples/pretokenize.py`` (the run options are :class:`PretokenizeConfig`)."""
+
+    dataset_name_or_path: str = field(
+        default=None, metadata={"help": "Image folder, save_to_disk folder or Hub dataset (e.g. ILSVRC/imagenet-1k)."}
+    )
+    tokenizer_name_or_path: str = field(default=None, metadata={"help": "The frozen PrologueTokenizerModel."})
+    split: str = field(default="train", metadata={"help": "Source split."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: detected)."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the source (no full download)."})
+    tokenizer_dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16 tokenizer weights."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo id to push the result to."})
+
+    def __post_init__(self):
+        for name in ("dataset_name_or_path", "tokenizer_name_or_path"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required")
+        if self.tokenizer_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"tokenizer_dtype must be 'float32' or 'bfloat16', got {self.tokenizer_dtype!r}")
+
+
+def run_pretokenize(args: PretokenizeScriptArguments, config: PretokenizeConfig) -> datasets.Dataset | None:
+    """Load the tokenizer and the source, pretokenize on this process's slice, merge, optionally push.
+
+    The tokenizer identity is computed from the float32 weights as loaded, before any cast to ``tokenizer_dtype``.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    tokenizer = PrologueTokenizerModel.from_pretrained(args.tokenizer_name_or_path)
+    identity = tokenizer_identity(tokenizer)  # of the weights as saved, whatever dtype they then run in
+    with state.main_process_first():  # one process downloads / prepares, the others read the cache
+        images = load_image_dataset(
+            args.dataset_name_or_path, args.split, args.image_column, args.label_column, streaming=args.streaming
+        )
+    tokenizer = tokenizer.to(state.device, getattr(torch, args.tokenizer_dtype))
+    result = pretokenize_dataset(
+        tokenizer,
+        images,
+        config,
+        tokenizer_name_or_path=args.tokenizer_name_or_path,
+        source=args.dataset_name_or_path,
+        split=args.split,
+        identity=identity,
+    )
+    if result is not None and args.push_to_hub:
+        push_pretokenized_to_hub(result, args.push_to_hub)
+    return result
+
+
 # --------------------------------------------------------------------------------------------- loading
 def load_pretokenized_dataset(path_or_repo: str, split: str | None = None, **hub_kwargs) -> datasets.Dataset:
     """Load a pretokenized dataset saved with ``save_to_disk`` (or pushed to the Hub) and its :class:`PretokenizedInfo`.
@@ -750,6 +812,8 @@ def push_pretokenized_to_hub(dataset: datasets.Dataset, repo_id: str, private: b
 
 __all__ = [
     "PretokenizeConfig",
+    "PretokenizeScriptArguments",
+    "run_pretokenize",
     "PretokenizedInfo",
     "TenCropViews",
     "encode_views",

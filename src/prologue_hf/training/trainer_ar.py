@@ -332,6 +332,16 @@ class PrologueARTrainer(Trainer):
         embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         return [n for n, p in model.named_parameters() if n in set(names) and id(p) not in embedding_params]
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's scheduler; with ``min_learning_rate`` the warmup must leave steps to decay over."""
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if self.args.min_learning_rate is not None and warmup >= num_training_steps:
+            raise ValueError(
+                f"warmup_steps ({warmup}) must be smaller than the number of training steps ({num_training_steps}) "
+                "for the linear decay to min_learning_rate"
+            )
+        return super().create_scheduler(num_training_steps, optimizer)
+
     # ------------------------------------------------------------------ loss
     def _class_dropout(self, class_labels: torch.Tensor) -> torch.Tensor:
         """Replace labels by the null class following :func:`class_dropout_mask` (training forward passes only)."""

@@ -1,0 +1,184 @@
+"""The stage-2 recipe behind ``accelerate launch examples/train_ar.py``: arguments, YAML configs, model wiring.
+
+A YAML config (``examples/configs/ar_*.yaml``) is a flat mapping of :class:`PrologueARScriptArguments` and
+:class:`~prologue_hf.training.trainer_ar.PrologueARTrainingArguments` fields; command-line flags override it::
+
+    accelerate launch examples/train_ar.py --config examples/configs/ar_B-B.yaml \\
+        --dataset_name_or_path data/imagenet-B-tokens --output_dir runs/ar-B-B
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+import torch
+import yaml
+from transformers import HfArgumentParser, set_seed
+from transformers.utils import logging
+
+from ..models import AR_PRESETS, PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
+from .pretokenize import PretokenizedInfo, load_pretokenized_dataset
+from .trainer_ar import PrologueARSampleGridCallback, PrologueARTrainer, PrologueARTrainingArguments
+
+logger = logging.get_logger(__name__)
+
+_ARCHITECTURE_OVERRIDES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+@dataclass
+class PrologueARScriptArguments:
+    """Data, model and sampling options of ``examples/train_ar.py`` (the optimisation ones are
+    :class:`PrologueARTrainingArguments`)."""
+
+    dataset_name_or_path: str = field(
+        default=None, metadata={"help": "Pretokenized dataset (examples/pretokenize.py output folder or Hub repo)."}
+    )
+    dataset_split: str | None = field(default=None, metadata={"help": "Split, for DatasetDict / Hub datasets."})
+    eval_dataset_name_or_path: str | None = field(default=None, metadata={"help": "Pretokenized eval dataset."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    ar_preset: str | None = field(default=None, metadata={"help": f"AR size: one of {sorted(AR_PRESETS)}."})
+    ar_config_name_or_path: str | None = field(default=None, metadata={"help": "AR config (json / folder / repo)."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Initial AR weights (else random init)."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Override the preset's width."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Override the preset's depth."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Override the preset's heads."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "Override the MLP width."})
+    hidden_dropout: float = field(default=0.1, metadata={"help": "Residual-branch dropout (paper: 0.1)."})
+    embedding_dropout: float = field(default=0.1, metadata={"help": "Embedding dropout (paper: 0.1)."})
+    use_qk_norm: bool = field(default=False, metadata={"help": "Per-head q/k RMSNorm (the official AR has it)."})
+    num_classes: int | None = field(default=None, metadata={"help": "Classes (default: from the dataset)."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "eager / sdpa / flash_attention_2."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "The dataset's tokenizer: identity-checked, decodes the sample grids."}
+    )
+    sample_class_labels: str = field(default="0,1,2,3,4,5,6,7", metadata={"help": "Comma-separated grid labels."})
+    sample_preset: str | None = field(default=None, metadata={"help": "SamplingParams preset of the grids."})
+    sample_seed: int = field(default=0, metadata={"help": "Seed of the sample grids."})
+
+    def __post_init__(self):
+        if not self.dataset_name_or_path:
+            raise ValueError("dataset_name_or_path is required (a folder written by examples/pretokenize.py)")
+        if self.ar_preset is not None and self.ar_preset not in AR_PRESETS:
+            raise ValueError(f"ar_preset must be one of {sorted(AR_PRESETS)}, got {self.ar_preset!r}")
+        chosen = [n for n in ("ar_preset", "ar_config_name_or_path", "model_name_or_path") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise ValueError(f"give only one of ar_preset / ar_config_name_or_path / model_name_or_path, got {chosen}")
+
+
+def build_ar_config(info: PretokenizedInfo, args: PrologueARScriptArguments) -> PrologueARConfig:
+    """The AR config of a run: vocabulary (and tokenizer identity) from the dataset, sizes from the preset, a config
+    file, or the overrides; dropouts from ``args``. A given config must match the dataset (checked)."""
+    overrides = {name: getattr(args, name) for name in _ARCHITECTURE_OVERRIDES if getattr(args, name) is not None}
+    common = dict(
+        hidden_dropout=args.hidden_dropout,
+        embedding_dropout=args.embedding_dropout,
+        use_qk_norm=args.use_qk_norm,
+    )
+    vocabulary = info.ar_config_kwargs(args.num_classes)
+    if args.ar_config_name_or_path:
+        config = PrologueARConfig.from_pretrained(args.ar_config_name_or_path, **overrides, **common)
+    elif args.model_name_or_path:
+        config = PrologueARConfig.from_pretrained(args.model_name_or_path, **common)
+    else:
+        preset = AR_PRESETS[args.ar_preset] if args.ar_preset else {}
+        config = PrologueARConfig(**{**preset, **overrides, **common, **vocabulary})
+    if config.tokenizer_identity is None:
+        config.tokenizer_identity = info.tokenizer_identity
+    info.check_ar_config(config)
+    return config
+
+
+def parse_ar_args(argv: list[str] | None = None) -> tuple[PrologueARScriptArguments, PrologueARTrainingArguments]:
+    """``--config file.yaml`` (flat mapping of argument names) plus command-line flags, which win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser((PrologueARScriptArguments, PrologueARTrainingArguments))
+    if known.config:
+        with open(known.config) as handle:
+            values = yaml.safe_load(handle) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{known.config} must hold a mapping of argument names to values")
+        allowed = {f.name for cls in (PrologueARScriptArguments, PrologueARTrainingArguments) for f in fields(cls)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown arguments {unknown}")
+        # argparse applies `type` to string defaults only: give every default as the string a flag would carry
+        parser.set_defaults(**{k: (v if isinstance(v, str) else _flag_text(v)) for k, v in values.items()})
+    script_args, training_args = parser.parse_args_into_dataclasses(args=rest)
+    return script_args, training_args
+
+
+def _flag_text(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTrainingArguments) -> PrologueARTrainer:
+    """Run stage 2 end to end: load the ids, build / load the AR, train (resuming if asked), ``save_pretrained``
+    (and the EMA weights to ``<output_dir>/ema``), optionally push to the Hub. Returns the trainer."""
+    with training_args.main_process_first(desc="loading the pretokenized dataset"):
+        train_dataset = load_pretokenized_dataset(script_args.dataset_name_or_path, script_args.dataset_split)
+        eval_dataset = (
+            load_pretokenized_dataset(script_args.eval_dataset_name_or_path, script_args.dataset_split)
+            if script_args.eval_dataset_name_or_path
+            else None
+        )
+    if script_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    info = PretokenizedInfo.from_dataset(train_dataset)
+    config = build_ar_config(info, script_args)
+    config._attn_implementation = script_args.attn_implementation
+    set_seed(training_args.seed)  # the same initial weights on every process and every resumed run
+    if script_args.model_name_or_path:
+        model = PrologueARForCausalLM.from_pretrained(script_args.model_name_or_path, config=config)
+    else:
+        model = PrologueARForCausalLM(config)
+    logger.info(f"AR: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, vocabulary {config.vocab_size}")
+
+    tokenizer = None
+    callbacks = []
+    if script_args.tokenizer_name_or_path:
+        tokenizer = PrologueTokenizerModel.from_pretrained(script_args.tokenizer_name_or_path)
+        if training_args.sample_steps:
+            labels = [int(x) for x in script_args.sample_class_labels.split(",") if x.strip()]
+            kept = [label for label in labels if 0 <= label < config.num_classes]
+            if len(kept) < len(labels):
+                logger.warning(f"sample_class_labels outside [0, {config.num_classes}) dropped: {sorted(set(labels) - set(kept))}")
+            labels = kept or list(range(min(8, config.num_classes)))
+            callbacks.append(
+                PrologueARSampleGridCallback(
+                    tokenizer, labels, training_args.sample_steps, script_args.sample_preset, script_args.sample_seed
+                )
+            )
+    elif training_args.sample_steps:
+        logger.warning("sample_steps is set but no tokenizer_name_or_path: no sample grids will be written")
+
+    trainer = PrologueARTrainer(
+        model,
+        training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        image_tokenizer=tokenizer,
+        callbacks=callbacks,
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume in ("latest", "true", "True"):
+        resume = True
+    elif resume and not os.path.isdir(resume):
+        raise ValueError(f"resume_from_checkpoint must be a checkpoint folder or 'latest', got {resume!r}")
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    if trainer.ema is not None:
+        trainer.save_ema_model(os.path.join(training_args.output_dir, "ema"))
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="Prologue stage-2 AR")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
+__all__ = ["PrologueARScriptArguments", "build_ar_config", "parse_ar_args", "train_ar"]
