@@ -34,7 +34,7 @@ from prologue_hf.conversion import (
     shard_name,
 )
 from prologue_hf.models.modeling_prologue_tokenizer import unpatchify
-from prologue_hf.pipelines.sampling import SamplingParams, generate_ids
+from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
 
 REPO = Path(__file__).resolve().parents[1]
 AR_VOCAB = 81  # official V + P + EOS of the fixture
@@ -245,28 +245,20 @@ def test_cli_writes_folders_that_reload_without_conversion_code(official_fixture
     assert float(result.stdout.split("max_logit_error")[1]) < 1e-4
 
 
-def test_pipeline_folder_when_both_are_given(official_fixture_dir, tmp_path):
-    try:
-        from prologue_hf.pipelines.pipeline_prologue import ProloguePipeline
-    except ImportError:
-        with pytest.raises(NotImplementedError, match="ProloguePipeline is not available"):
-            convert_official_checkpoint(
-                official_fixture_dir / "config.yaml", tmp_path, official_fixture_dir / "tokenizer",
-                official_fixture_dir / "ar",
-            )
-        assert (tmp_path / "tokenizer" / "config.json").is_file() and (tmp_path / "ar" / "config.json").is_file()
-        return
+def test_pipeline_folder_reproduces_an_official_sampling_run(official_fixture_dir, tmp_path):
     written = convert_official_checkpoint(
         official_fixture_dir / "config.yaml", tmp_path, official_fixture_dir / "tokenizer", official_fixture_dir / "ar"
     )
-    assert written["pipeline"] == tmp_path and (tmp_path / "model_index.json").is_file()
+    assert written == {"tokenizer": tmp_path / "tokenizer", "ar": tmp_path / "ar", "pipeline": tmp_path}
+    assert (tmp_path / "model_index.json").is_file()
     pipeline = ProloguePipeline.from_pretrained(tmp_path)
-    ref = _fixture(official_fixture_dir, "ar_outputs")
-    inputs, tok = _fixture(official_fixture_dir, "inputs"), _fixture(official_fixture_dir, "tokenizer_outputs")
-    sequence = pipeline.ar.config.vocabulary.build_sequence(inputs["class_ids"], tok["visual_indices"], tok["semantic_indices"])
-    with torch.no_grad():
-        logits = pipeline.ar(sequence[:, :-1]).logits[..., :AR_VOCAB]
-    torch.testing.assert_close(logits, ref["ar_logits_cond"], rtol=0, atol=1e-4)
+    ref = _fixture(official_fixture_dir, "sampling_outputs")
+    # the paper's segmented setting (eval.sh "sc:0.7:3.75:0.2"), greedy
+    params = SamplingParams.from_official(topK=1, **SAMPLING_RUNS["seg_sc"])
+    out = pipeline([3, 7], sampling=params, generator=torch.Generator().manual_seed(0), output_type="pt", return_ids=True)
+    assert torch.equal(out.ids, ref["sample_seg_sc_ids"])
+    expected = ((ref["sample_seg_sc_images"] + 1) / 2).clamp(0, 1)  # the pipeline's "pt" output range
+    torch.testing.assert_close(out.images, expected, rtol=0, atol=1e-4)
 
 
 def test_reverse_ar_round_trip(official_fixture_dir, tmp_path):
