@@ -35,6 +35,7 @@ from prologue_hf.conversion import (
 )
 from prologue_hf.models.modeling_prologue_tokenizer import unpatchify
 from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
+from prologue_hf.training.pretokenize import tokenizer_identity
 
 REPO = Path(__file__).resolve().parents[1]
 AR_VOCAB = 81  # official V + P + EOS of the fixture
@@ -243,6 +244,14 @@ def test_cli_writes_folders_that_reload_without_conversion_code(official_fixture
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout.split("max_logit_error")[1]) < 1e-4
+    # the reverse direction from the written folder: official key layout and config entries
+    reverse = cli.main(["--reverse", "--ar-dir", str(out / "ar"), "--output-dir", str(tmp_path / "official"), "--cond-dim", "16"])
+    official = load_file(str(reverse["weights"]))
+    original = load_file(str(official_fixture_dir / "ar" / "model.safetensors"))
+    assert {k: v.shape for k, v in official.items()} == {k: v.shape for k, v in original.items()}
+    with open(reverse["config"]) as handle:
+        entries = yaml.safe_load(handle)
+    assert entries["ARModel"]["rope_axes_dim"] == [6, 4, 6] and entries["ARModel"]["mlp_ratio"] == "176/64"
 
 
 def test_pipeline_folder_reproduces_an_official_sampling_run(official_fixture_dir, tmp_path):
@@ -252,6 +261,7 @@ def test_pipeline_folder_reproduces_an_official_sampling_run(official_fixture_di
     assert written == {"tokenizer": tmp_path / "tokenizer", "ar": tmp_path / "ar", "pipeline": tmp_path}
     assert (tmp_path / "model_index.json").is_file()
     pipeline = ProloguePipeline.from_pretrained(tmp_path)
+    assert pipeline.ar.config.tokenizer_identity == tokenizer_identity(pipeline.tokenizer)
     ref = _fixture(official_fixture_dir, "sampling_outputs")
     # the paper's segmented setting (eval.sh "sc:0.7:3.75:0.2"), greedy
     params = SamplingParams.from_official(topK=1, **SAMPLING_RUNS["seg_sc"])
@@ -306,6 +316,11 @@ def test_slots_and_wrapper_prefixes(official_fixture_dir, tmp_path):
     converted = convert_official_ar(tmp_path / "ar", config, weights="ema")
     for key, value in ar.state_dict().items():
         assert torch.equal(converted.state_dict()[key], value), key
+    # --dtype: the folded float32 weights, cast
+    half = convert_official_ar(official_fixture_dir / "ar", config, dtype=torch.bfloat16)
+    for key, value in ar.state_dict().items():
+        assert half.state_dict()[key].dtype == torch.bfloat16
+        assert torch.equal(half.state_dict()[key], value.to(torch.bfloat16)), key
 
 
 # ------------------------------------------------------------------------------------------------------ bad input

@@ -615,8 +615,9 @@ def convert_official_checkpoint(
 ) -> dict[str, Path]:
     """Convert an official tokenizer and/or AR and write ``save_pretrained`` folders under ``output_dir``.
 
-    Writes ``output_dir/tokenizer`` and/or ``output_dir/ar``. With both and ``save_pipeline``, ``output_dir`` itself
-    becomes a :class:`~prologue_hf.ProloguePipeline` folder (``model_index.json`` beside the two component folders).
+    Writes ``output_dir/tokenizer`` and/or ``output_dir/ar``. With both, the AR config records the tokenizer's
+    ``tokenizer_identity`` and, with ``save_pipeline``, ``output_dir`` itself becomes a
+    :class:`~prologue_hf.pipelines.ProloguePipeline` folder (``model_index.json`` beside the two component folders).
 
     Returns:
         ``{"tokenizer": path, "ar": path, "pipeline": path}`` for what was written.
@@ -633,8 +634,11 @@ def convert_official_checkpoint(
     ar = convert_official_ar(ar_dir, official, ar_weights, dtype=dtype) if ar_dir else None
     if tokenizer is not None and ar is not None:
         from .. import check_compatible
+        from ..training.pretokenize import tokenizer_identity  # deferred: pulls in `datasets`
 
         check_compatible(tokenizer.config, ar.config)
+        # Record the pair, so ids pretokenized with this tokenizer are accepted for fine-tuning this AR.
+        ar.config.tokenizer_identity = tokenizer_identity(tokenizer)
     for name, model in (("tokenizer", tokenizer), ("ar", ar)):
         if model is not None:
             model.save_pretrained(output_dir / name)
