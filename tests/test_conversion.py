@@ -298,6 +298,27 @@ def test_reverse_ar_round_trip(official_fixture_dir, tmp_path):
         torch.testing.assert_close(back(sequence).logits, ar(sequence).logits, rtol=0, atol=1e-4)
 
 
+def test_tied_embedding_variant(official_fixture_dir, tmp_path):
+    """``ARModel.tied_embedding`` (official ar/small.yaml): no ``out.weight``, logits = h @ semantic_emb.T."""
+    _, untied = _converted(str(official_fixture_dir))
+    state = load_file(str(official_fixture_dir / "ar" / "model.safetensors"))
+    del state["ar_model.out.weight"]
+    (tmp_path / "ar").mkdir()
+    save_file(state, str(tmp_path / "ar" / "model.safetensors"), metadata={"format": "pt"})
+    config = _write_config(official_fixture_dir, tmp_path, ARModel__tied_embedding=True)
+    tied = convert_official_ar(tmp_path / "ar", config)
+    assert tied.config.tie_word_embeddings and tied.lm_head.weight.data_ptr() == tied.get_input_embeddings().weight.data_ptr()
+    tied.save_pretrained(tmp_path / "ours")
+    reloaded = PrologueARForCausalLM.from_pretrained(tmp_path / "ours")
+    ids = _fixture(official_fixture_dir, "ar_outputs")["ar_input_ids"]
+    sequence = torch.cat([torch.tensor([[84], [88]]), ids[:, :-1]], dim=1)
+    with torch.no_grad():
+        hidden = untied.model(sequence).last_hidden_state  # same trunk: only the head differs
+        expected = hidden @ state["semantic_emb.weight"].T
+        logits = reloaded(sequence).logits
+    torch.testing.assert_close(logits[..., :AR_VOCAB], expected, rtol=0, atol=1e-4)
+
+
 def test_slots_and_wrapper_prefixes(official_fixture_dir, tmp_path):
     _, ar = _converted(str(official_fixture_dir))
     # only the EMA pair present: "ema" converts, "online" names the missing encoder shard
