@@ -157,7 +157,8 @@ class PrologueARTrainingArguments(TrainingArguments):
     """``TrainingArguments`` with the paper's stage-2 defaults and Prologue's own options.
 
     Changed defaults: ``adam_beta2=0.96``, ``weight_decay=0.03``, ``max_grad_norm=1.0``,
-    ``remove_unused_columns=False`` (the collator reads the pretokenized columns), ``report_to="none"``.
+    ``remove_unused_columns=False`` (the collator reads the pretokenized columns), ``report_to="none"``,
+    ``ddp_find_unused_parameters=False``.
 
     Args:
         class_dropout_prob: probability of replacing a label by the null class (paper: 0.1).
@@ -176,6 +177,9 @@ class PrologueARTrainingArguments(TrainingArguments):
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (paper: 1.0)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the pretokenized columns."})
     report_to: str | list[str] = field(default="none", metadata={"help": "Trackers (tensorboard, wandb, ...)."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every AR parameter is used in each forward: no unused-parameter search."}
+    )
     class_dropout_prob: float = field(default=0.1, metadata={"help": "Label -> null class probability (CFG)."})
     prologue_loss_weight: float = field(default=1.0, metadata={"help": "CE multiplier of the prologue tokens."})
     eos_loss_weight: float = field(default=1.0, metadata={"help": "CE multiplier of the EOS token."})
