@@ -162,6 +162,14 @@ class ProloguePostModel(ProloguePostPreTrainedModel):
         """Attach the frozen tokenizer after checking it matches the config (grid, codebook, features, image size,
         and, when ``verify`` and the config records one, the weights' SHA-256)."""
         adapter = adapter_for_model(visual_tokenizer)
+        self._check_adapter_shapes(adapter)
+        if self.config.visual_tokenizer is None:
+            self.config.visual_tokenizer = adapter.identity()
+        else:
+            check_identity(adapter, self.config.visual_tokenizer, verify_weights=verify)
+        self._visual_tokenizer = adapter
+
+    def _check_adapter_shapes(self, adapter: VisualTokenizerAdapter) -> None:
         c = self.config
         h, w = adapter.grid_shape
         expected = {
@@ -176,11 +184,6 @@ class ProloguePostModel(ProloguePostPreTrainedModel):
         if mismatched:
             detail = "; ".join(f"{k}: tokenizer {a} vs config {b}" for k, (a, b) in mismatched.items())
             raise ValueError(f"the visual tokenizer {type(adapter).__name__} does not match this ProloguePostConfig ({detail})")
-        if c.visual_tokenizer is None:
-            c.visual_tokenizer = adapter.identity()
-        else:
-            check_identity(adapter, c.visual_tokenizer, verify_weights=verify)
-        self._visual_tokenizer = adapter
 
     def _apply(self, fn, recurse: bool = True):
         # .to() / .cuda() / .half() also move the frozen tokenizer, which is deliberately not a submodule.
@@ -250,6 +253,7 @@ class ProloguePostModel(ProloguePostPreTrainedModel):
 
     preprocess = staticmethod(PrologueTokenizerModel.preprocess)
     postprocess = staticmethod(PrologueTokenizerModel.postprocess)
+    codebook_usage = PrologueTokenizerModel.codebook_usage  # reads config.{visual,prologue}_codebook_size
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(
@@ -317,13 +321,17 @@ class ProloguePostModel(ProloguePostPreTrainedModel):
         """
         model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         if visual_tokenizer is None:
-            visual_tokenizer = model._load_visual_tokenizer(
+            # load_visual_tokenizer already checks the identity (shapes, config, weights SHA-256)
+            adapter = model._load_visual_tokenizer(
                 str(pretrained_model_name_or_path),
                 kwargs.get("subfolder"),
                 verify_visual_tokenizer,
                 {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs},
             )
-        model.set_visual_tokenizer(visual_tokenizer, verify=verify_visual_tokenizer)
+            model._check_adapter_shapes(adapter)
+            model._visual_tokenizer = adapter
+        else:
+            model.set_visual_tokenizer(visual_tokenizer, verify=verify_visual_tokenizer)
         if model.device.type != "meta":
             model.visual_tokenizer.to(model.device)
         return model

@@ -210,6 +210,11 @@ class VisualTokenizerAdapter(ABC):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def __deepcopy__(self, memo: dict) -> VisualTokenizerAdapter:
+        # Frozen and never updated, so a copy would only cost memory: deep copies of a ProloguePostModel (an EMA,
+        # a checkpoint snapshot) share the one tokenizer.
+        return self
+
     def to(self, *args, **kwargs) -> VisualTokenizerAdapter:
         """Move / cast the wrapped model (``nn.Module.to`` arguments); returns ``self``."""
         self.model.to(*args, **kwargs)
@@ -714,7 +719,7 @@ def _as_json(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_as_json(v) for v in value]
     if isinstance(value, dict):
-        return {k: _as_json(v) for k, v in value.items()}
+        return {str(k): _as_json(v) for k, v in value.items()}  # JSON turns int keys (id2label) into strings
     return value
 
 
