@@ -625,12 +625,6 @@ def generate_ids(
 
         # 4. decode: sample step s from the logits of position s, then feed it back (except after the last step)
         for s in range(forced, total):
-            if rows > batch and s >= plan.uncond_until:
-                rows = batch  # no later step mixes: drop the unconditional half
-                raw = raw[:batch]
-                history = history[:batch]
-                if cache is not None:
-                    cache.keep_first_rows(batch)
             logits = _process_logits(raw, batch, s, plan)
             if return_step_logits:
                 step_logits[:, s] = logits
@@ -642,6 +636,11 @@ def generate_ids(
                 bar.update()
             if s + 1 == total:
                 break
+            if rows > batch and s + 1 >= plan.uncond_until:
+                rows = batch  # no later step mixes: drop the unconditional half before the next forward
+                history = history[:batch]
+                if cache is not None:
+                    cache.keep_first_rows(batch)
             new = embed(next_ids)[:, None].repeat(rows // batch, 1, 1)  # same token for both CFG halves
             if cache is not None:
                 raw = _forward_last(ar, new, positions[s + 1 : s + 2], cache)[:, -1]
