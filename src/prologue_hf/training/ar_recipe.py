@@ -9,16 +9,15 @@ A YAML config (``examples/configs/ar_*.yaml``) is a flat mapping of :class:`Prol
 
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
-import yaml
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 from transformers.utils import logging
 
 from ..models import AR_PRESETS, PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
+from .cli import parse_config_and_args
 from .pretokenize import PretokenizedInfo, load_pretokenized_dataset
 from .trainer_ar import PrologueARSampleGridCallback, PrologueARTrainer, PrologueARTrainingArguments
 
@@ -91,30 +90,9 @@ def build_ar_config(info: PretokenizedInfo, args: PrologueARScriptArguments) -> 
 
 
 def parse_ar_args(argv: list[str] | None = None) -> tuple[PrologueARScriptArguments, PrologueARTrainingArguments]:
-    """``--config file.yaml`` (flat mapping of argument names) plus command-line flags, which win."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser((PrologueARScriptArguments, PrologueARTrainingArguments))
-    if known.config:
-        with open(known.config) as handle:
-            values = yaml.safe_load(handle) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{known.config} must hold a mapping of argument names to values")
-        allowed = {f.name for cls in (PrologueARScriptArguments, PrologueARTrainingArguments) for f in fields(cls)}
-        unknown = sorted(set(values) - allowed)
-        if unknown:
-            raise ValueError(f"{known.config}: unknown arguments {unknown}")
-        # argparse applies `type` to string defaults only: give every default as the string a flag would carry
-        parser.set_defaults(**{k: (v if isinstance(v, str) else _flag_text(v)) for k, v in values.items()})
-    script_args, training_args = parser.parse_args_into_dataclasses(args=rest)
-    return script_args, training_args
-
-
-def _flag_text(value) -> str:
-    if isinstance(value, list):
-        return ",".join(map(str, value))
-    return str(value)
+    """``--config file.yaml`` (flat mapping of argument names) plus command-line flags, which win
+    (:func:`~prologue_hf.training.cli.parse_config_and_args`)."""
+    return parse_config_and_args((PrologueARScriptArguments, PrologueARTrainingArguments), argv)
 
 
 def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTrainingArguments) -> PrologueARTrainer:

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -35,12 +34,13 @@ from transformers.utils import ModelOutput, logging
 
 from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
 from ..vocabulary import PrologueVocabulary
+from .ema import ModelEMA
 from .pretokenize import PretokenizedInfo
 
 logger = logging.get_logger(__name__)
 
 SEGMENTS = ("prologue", "eos", "visual")  # the order of PrologueVocabulary.segment_ids: 0, 1, 2
-EMA_WEIGHTS_NAME = "ema.safetensors"
+EMA_DIR = "ema"  # inside each checkpoint: save_pretrained of the EMA model
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -167,8 +167,9 @@ class PrologueARTrainingArguments(TrainingArguments):
             switches to transformers' polynomial schedule with ``power=1`` and ``lr_end=min_learning_rate``: linear
             warmup from 0, then linear decay from ``learning_rate`` to the floor.
         decay_embeddings: apply weight decay to the token embedding too (official ``embedding_nowd: false``).
-        ema_halflife_steps: keep an EMA of the weights with this half-life in optimizer steps (official
-            ``ar_ema_halflife: 2500``); ``None`` = no EMA. Not with FSDP or DeepSpeed ZeRO-3.
+        ema_halflife_steps: keep an EMA (:class:`~prologue_hf.training.ema.ModelEMA`) of the weights with this
+            half-life in optimizer steps (official ``ar_ema_halflife: 2500``); ``None`` = no EMA. Saved as ``ema/``
+            in each checkpoint. Not with FSDP or DeepSpeed (sharded parameters).
         sample_steps: write a sample grid every this many steps (needs an image tokenizer; 0 = never).
     """
 
@@ -218,45 +219,9 @@ class PrologueARTrainingArguments(TrainingArguments):
 
 
 # --------------------------------------------------------------------------------------------- EMA
-class PrologueAREMA:
-    """Exponential moving average of a model's trainable parameters, kept in float32.
-
-    ``decay = 0.5 ** (1 / halflife_steps)`` per optimizer step (the official AR keeps ``ar_ema_halflife: 2500``).
-    """
-
-    def __init__(self, model: nn.Module, halflife_steps: float):
-        self.decay = 0.5 ** (1.0 / halflife_steps)
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for name, param in model.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].lerp_(param.detach().float(), 1.0 - self.decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: tensor.contiguous() for name, tensor in self.shadow.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.shadow) - set(state)
-        if missing:
-            raise ValueError(f"EMA state lacks {len(missing)} parameters, e.g. {sorted(missing)[:3]}")
-        for name in self.shadow:
-            self.shadow[name].copy_(state[name])
-
-    def model_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """A full state dict of ``model`` with the EMA values in place of the trainable parameters."""
-        state = model.state_dict()
-        return {k: (self.shadow[k].to(v.dtype) if k in self.shadow else v) for k, v in state.items()}
-
-
 class _EMAUpdateCallback(TrainerCallback):
     def __init__(self, trainer: PrologueARTrainer):
         self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.trainer.ema is None:
-            self.trainer.ema = PrologueAREMA(model, args.ema_halflife_steps)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.trainer.ema.update(model)
@@ -319,8 +284,8 @@ class PrologueARTrainer(Trainer):
         )
         self.vocabulary = model.config.vocabulary
         self.image_tokenizer = image_tokenizer
-        self.ema: PrologueAREMA | None = None
-        if args.ema_halflife_steps is not None:
+        self.ema = ModelEMA(model, args.ema_halflife_steps) if args.ema_halflife_steps is not None else None
+        if self.ema is not None:
             self.add_callback(_EMAUpdateCallback(self))
         self._stats = {"train": None, "eval": None}
         self._class_drop = None  # [dropped, total] since the last log
@@ -419,27 +384,26 @@ class PrologueARTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.ema is not None and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            save_file(self.ema.state_dict(), os.path.join(folder, EMA_WEIGHTS_NAME))
+            self.ema.model.save_pretrained(os.path.join(folder, EMA_DIR))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """``Trainer.train``; when resuming with EMA on, the EMA weights of the checkpoint are restored first."""
-        if resume_from_checkpoint and self.args.ema_halflife_steps is not None:
+        if resume_from_checkpoint and self.ema is not None:
             path = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
             if path is None:
                 raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
-            ema_file = os.path.join(path, EMA_WEIGHTS_NAME)
-            if not os.path.exists(ema_file):
-                raise ValueError(f"{path} has no {EMA_WEIGHTS_NAME}: it was not trained with ema_halflife_steps")
-            self.ema = PrologueAREMA(self.model, self.args.ema_halflife_steps)
-            self.ema.load_state_dict(load_file(ema_file))
+            if not os.path.isdir(os.path.join(path, EMA_DIR)):
+                raise ValueError(f"{path} has no {EMA_DIR}/ folder: it was not trained with ema_halflife_steps")
+            saved = type(self.ema.model).from_pretrained(os.path.join(path, EMA_DIR))
+            self.ema.load_state_dict(saved.state_dict())
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def save_ema_model(self, output_dir: str) -> None:
-        """``save_pretrained`` of the model with the EMA weights (main process only)."""
+        """``save_pretrained`` of the EMA model (main process only)."""
         if self.ema is None:
             raise ValueError("no EMA: train with ema_halflife_steps set")
         if self.args.should_save:
-            self.model.save_pretrained(output_dir, state_dict=self.ema.model_state_dict(self.model))
+            self.ema.model.save_pretrained(output_dir)
 
 
 def _accelerate_uses(*kinds: str) -> bool:
@@ -531,7 +495,6 @@ __all__ = [
     "PrologueARDataCollator",
     "PrologueARTrainingArguments",
     "PrologueARTrainer",
-    "PrologueAREMA",
     "PrologueARLossOutput",
     "PrologueARSampleGridCallback",
     "class_dropout_mask",
