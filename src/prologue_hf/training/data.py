@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
@@ -149,6 +150,44 @@ def _standardise_columns(dataset, image_column, label_column, allow_missing_labe
     if dataset.features is not None and not isinstance(dataset.features["image"], datasets.Image):
         dataset = dataset.cast_column("image", datasets.Image())
     return dataset
+
+
+@dataclass
+class ImageDataArguments:
+    """Where the training images come from (CLI / YAML arguments of the training examples)."""
+
+    train_data: str = field(metadata={"help": "Image folder, save_to_disk folder or Hub dataset name (e.g. ILSVRC/imagenet-1k)."})
+    train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default: auto-detected)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: auto-detected)."})
+    allow_missing_label: bool = field(default=False, metadata={"help": "Train on an unlabelled set (labels -1)."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset (needs max_steps)."})
+    shuffle_buffer_size: int = field(default=10000, metadata={"help": "Shuffle buffer of a streamed dataset."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N samples (debugging)."})
+    random_crop: bool = field(default=True, metadata={"help": "Random crop after resizing the shorter side (paper); else centre crop."})
+    hflip: bool = field(default=True, metadata={"help": "Random horizontal flip (paper)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "datasets cache folder."})
+
+
+def load_training_images(data_args: ImageDataArguments, seed: int = 0):
+    """:func:`load_image_dataset` + :func:`prepare_image_dataset` as ``data_args`` says (streamed sets are
+    shuffled through a buffer seeded with ``seed``). Pair the result with :class:`ImageTrainingCollator`."""
+    kwargs = {"cache_dir": data_args.cache_dir} if data_args.cache_dir else {}
+    dataset = load_image_dataset(
+        data_args.train_data,
+        split=data_args.train_split,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        streaming=data_args.streaming,
+        allow_missing_label=data_args.allow_missing_label,
+        **kwargs,
+    )
+    if data_args.max_train_samples is not None:
+        n = data_args.max_train_samples
+        dataset = dataset.take(n) if data_args.streaming else dataset.select(range(min(n, len(dataset))))
+    if data_args.streaming:
+        dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
+    return prepare_image_dataset(dataset)
 
 
 def prepare_image_dataset(dataset: datasets.Dataset | datasets.IterableDataset):
@@ -295,4 +334,12 @@ class ImageTrainingCollator:
         return {"pixel_values": torch.stack(pixels), "labels": torch.tensor(labels, dtype=torch.long)}
 
 
-__all__ = ["load_image_dataset", "prepare_image_dataset", "to_rgb", "ImageTransform", "ImageTrainingCollator"]
+__all__ = [
+    "ImageDataArguments",
+    "load_training_images",
+    "load_image_dataset",
+    "prepare_image_dataset",
+    "to_rgb",
+    "ImageTransform",
+    "ImageTrainingCollator",
+]

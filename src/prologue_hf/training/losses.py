@@ -1,0 +1,596 @@
+"""The routed stage-1 loss of Prologue (paper section 2, Eq. 2; appendix E "Stage 1").
+
+    L = l1 * L1 + w_lpips * LPIPS + w_gan * GAN_G + w_commit * VQ + lambda * L_AR          (generator side)
+      + w_disc * (GAN_D + w_lecam * LeCam + w_r1 / 2 * R1)                                 (discriminator side)
+
+Paper defaults: ``l1 = 1, w_lpips = 1, w_gan = 0.1, w_commit = 1, lambda = 3``. The two sides touch disjoint
+parameters (the generator term sees the discriminator through *detached* weights, the discriminator term sees the
+reconstruction detached), so one backward pass gives every module its own gradient.
+
+``L_AR`` is the compact AR's cross-entropy over the whole sequence ``[class][prologue x K][EOS][visual x N]``
+(mean over the ``K + 1 + N`` predicted positions, the official normalisation). Where the gradient goes is decided
+by what the AR *input* is made of (``ar_target``):
+
+* ``"prologue"`` (Prologue): prologue inputs are ``p~ @ W_emb`` with ``p~`` the Prob-STE soft one-hot, visual inputs
+  are discrete ids. ``dL_AR`` reaches the encoder through the prologue quantizer only; the visual codebook and the
+  decoder receive exactly zero. With probability ``visual_dropout`` (0.5) per sample, every visual *input* becomes
+  EOS (targets unchanged), so the AR must predict the image from the prologue (paper section 2.2).
+* ``"visual"`` ("AR regularisation on visual tokens", Fig. 5 baseline, K = 0): visual inputs are
+  ``softmax(cos / tau_v) + sg(onehot - softmax)`` over the visual codebook (the official code's quantizer one-hot,
+  ``tau_v = 1``), so ``dL_AR`` reaches the visual codebook and encoder directly with weight lambda.
+* ``"none"``: no AR term (2D ``K = 0`` and 1D baselines of Table 3).
+
+Targets are discrete ids, so they carry no gradient: the official code optimises ``log p(z_p)`` only through the
+inputs. ``prologue_target_gradient=True`` makes the prologue targets the soft one-hot ``p~`` instead (same forward
+value, since ``p~`` equals the hard one-hot in the forward pass): the encoder then also gets the gradient of the
+ELBO's ``log p_theta(z_p)`` term with respect to its own assignment, i.e. it is pulled towards codes the AR finds
+likely (the ``H(z_p)`` direction of appendix C).
+
+The compact AR's own parameters are trained by the same ``lambda * L_AR`` (Adam makes the constant scale immaterial).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput, logging
+
+from ..models.discriminator import PrologueDiscriminator
+from ..models.modeling_prologue_ar import PrologueARForCausalLM
+from ..models.modeling_prologue_tokenizer import PrologueTokenizerEncoderOutput, PrologueTokenizerModel
+
+logger = logging.get_logger(__name__)
+
+PERCEPTUAL_LOSSES = ("lpips-vgg", "convnext-s", "none", "lpips-vgg-untrained-trunk")
+GAN_LOSSES = ("vanilla", "hinge")
+AR_TARGETS = ("auto", "prologue", "visual", "none")
+
+
+# ============================================================================================ configuration
+@dataclass
+class PrologueStage1LossConfig:
+    """Weights and switches of the stage-1 loss (paper appendix E defaults; official ``train/ae.yaml`` where the
+    paper is silent)."""
+
+    l1_weight: float = field(default=1.0, metadata={"help": "Weight of the pixel L1 loss (paper: 1)."})
+    perceptual_weight: float = field(default=1.0, metadata={"help": "Weight of the perceptual loss (paper: 1)."})
+    perceptual_loss: str = field(
+        default="lpips-vgg",
+        metadata={
+            "help": "Perceptual backbone: 'lpips-vgg' (paper B; needs torchvision's VGG16 ImageNet weights), "
+            "'convnext-s' (paper L; ConvNeXt-S logit MSE, needs torchvision's ConvNeXt-S weights), 'none' (explicitly "
+            "no perceptual term) or 'lpips-vgg-untrained-trunk' (explicitly a RANDOM VGG trunk, for tests only)."
+        },
+    )
+    perceptual_weights_path: str | None = field(
+        default=None,
+        metadata={"help": "Local torchvision state dict (.pth or .safetensors) of VGG16 / ConvNeXt-S, instead of the torch hub cache."},
+    )
+    gan_weight: float = field(default=0.1, metadata={"help": "Weight of the generator's adversarial loss (paper: 0.1); 0 disables the GAN."})
+    gan_loss: str = field(default="vanilla", metadata={"help": "'vanilla' (non-saturating softplus, official) or 'hinge'."})
+    gan_start_step: int = field(default=0, metadata={"help": "Optimizer step from which both GAN terms are on (official: 0)."})
+    adaptive_gan_weight: bool = field(
+        default=False,
+        metadata={"help": "Scale w_gan by ||grad L_rec|| / ||grad GAN_G|| at the decoder's last layer (taming-style; official: off)."},
+    )
+    discriminator_weight: float = field(default=1.0, metadata={"help": "Weight of the discriminator loss (official gan_D_weight: 1)."})
+    lecam_weight: float = field(default=0.0, metadata={"help": "LeCam regulariser weight on the discriminator (official: 0.001)."})
+    r1_weight: float = field(default=0.0, metadata={"help": "R1 penalty weight gamma, applied as gamma/2 * E||grad D(x)||^2 (official: 0.01)."})
+    r1_interval: int = field(default=25, metadata={"help": "Apply R1 on steps with (step + 1) % r1_interval == 0 (official: 25)."})
+    commitment_weight: float = field(default=1.0, metadata={"help": "Weight of the visual VQ loss (codebook + 0.25 commitment; paper: 1)."})
+    ar_weight: float = field(default=3.0, metadata={"help": "lambda, weight of the compact AR's cross-entropy (paper: 3)."})
+    ar_target: str = field(
+        default="auto",
+        metadata={"help": "'prologue' (Prologue), 'visual' (AR-regularisation baseline, K=0), 'none' (no AR), 'auto' (prologue iff K>0)."},
+    )
+    visual_dropout: float = field(default=0.5, metadata={"help": "Per-sample probability that all visual AR inputs become EOS (paper: 0.5)."})
+    ar_label_drop_prob: float = field(
+        default=1.0,
+        metadata={"help": "Probability that the compact AR sees the null class instead of the label (official stage 1: 1.0, unconditional)."},
+    )
+    prologue_target_gradient: bool = field(
+        default=False,
+        metadata={"help": "Use the Prob-STE soft one-hot as the prologue *targets* too, so log p(z_p) also back-propagates through them (official: off)."},
+    )
+    visual_soft_temperature: float = field(
+        default=1.0, metadata={"help": "tau_v of the visual soft one-hot in the 'visual' AR-regularisation baseline (official quantizer: 1.0)."}
+    )
+
+    def __post_init__(self):
+        if self.perceptual_loss not in PERCEPTUAL_LOSSES:
+            raise ValueError(f"perceptual_loss must be one of {PERCEPTUAL_LOSSES}, got {self.perceptual_loss!r}")
+        if self.gan_loss not in GAN_LOSSES:
+            raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {self.gan_loss!r}")
+        if self.ar_target not in AR_TARGETS:
+            raise ValueError(f"ar_target must be one of {AR_TARGETS}, got {self.ar_target!r}")
+        for name in ("visual_dropout", "ar_label_drop_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("l1_weight", "perceptual_weight", "gan_weight", "discriminator_weight", "lecam_weight", "r1_weight",
+                     "commitment_weight", "ar_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.r1_interval < 1:
+            raise ValueError(f"r1_interval must be >= 1, got {self.r1_interval}")
+        if self.visual_soft_temperature <= 0:
+            raise ValueError(f"visual_soft_temperature must be > 0, got {self.visual_soft_temperature}")
+
+
+# ============================================================================================ perceptual losses
+class PerceptualWeightsUnavailableError(RuntimeError):
+    """Raised when a perceptual loss needs pretrained weights that are not on this machine."""
+
+
+def _cached_torchvision_weights(weights) -> str:
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+
+
+def _resolve_weights(weights, weights_path: str | None, what: str, option: str) -> dict[str, torch.Tensor]:
+    path = weights_path or _cached_torchvision_weights(weights)
+    if not os.path.isfile(path):
+        raise PerceptualWeightsUnavailableError(
+            f"{what} needs torchvision's pretrained weights, not found at {path}. This machine cannot download them. "
+            f"Put the file there (torchvision URL {weights.url}), or pass perceptual_weights_path=<local .pth/.safetensors>, "
+            f"or choose perceptual_loss='none' explicitly. '{option}' never falls back to random weights."
+        )
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class _FrozenPerceptual(nn.Module):
+    """A perceptual network is a fixed metric: always eval mode (LPIPS has dropout), never trained."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
+class LPIPSVGGLoss(_FrozenPerceptual):
+    """LPIPS v0.1 with a VGG16 trunk, from the ``lpips`` package (Zhang et al. 2018; paper B tokenizer).
+
+    What ships where: the ``lpips`` wheel contains the calibrated linear heads (``lpips/weights/v0.1/vgg.pth``), but
+    its VGG16 trunk is torchvision's ImageNet model, which ``lpips.LPIPS(pretrained=True)`` downloads
+    (``vgg16-397923af.pth`` into ``torch.hub.get_dir()/checkpoints``). Offline that download fails, so this class
+    builds the trunk empty and loads the torchvision file itself, from the hub cache or ``vgg_weights_path``, and
+    raises :class:`PerceptualWeightsUnavailableError` when it is absent. ``untrained_trunk=True`` keeps the random trunk
+    on purpose (tests only; logged as a warning). Inputs in ``[-1, 1]``; returns ``[B]`` distances.
+    """
+
+    def __init__(self, vgg_weights_path: str | None = None, untrained_trunk: bool = False):
+        super().__init__()
+        import lpips
+        from torchvision.models import VGG16_Weights
+
+        state = None if untrained_trunk else _resolve_weights(VGG16_Weights.IMAGENET1K_V1, vgg_weights_path, "LPIPS-VGG", "lpips-vgg")
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+            warnings.simplefilter("ignore")
+            self.lpips = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        if state is None:
+            logger.warning("LPIPS with an UNTRAINED VGG16 trunk: the perceptual loss is not perceptual (tests only)")
+        else:
+            trunk = {}
+            for name, _ in self.lpips.net.named_parameters():  # "slice{k}.{i}.weight" <- torchvision "features.{i}.weight"
+                _, index, kind = name.split(".")
+                trunk[name] = state[f"features.{index}.{kind}"]
+            self.lpips.net.load_state_dict(trunk)
+        self.requires_grad_(False).eval()
+
+    def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.lpips(reconstruction, target).flatten()
+
+
+class ConvNeXtPerceptualLoss(_FrozenPerceptual):
+    """ConvNeXt-S logit loss (paper L tokenizer; official ``ConvNeXtPerceptualLoss``, after TiTok/AliTok).
+
+    ``[-1, 1] -> [0, 1] -> resize 224 (bilinear, antialias) -> ImageNet normalisation -> ConvNeXt-S logits``;
+    returns the per-image MSE between the logits of reconstruction and target, ``[B]``. Needs torchvision's
+    ``convnext_small-0c510722.pth`` (hub cache or ``weights_path``), else :class:`PerceptualWeightsUnavailableError`.
+    """
+
+    def __init__(self, weights_path: str | None = None):
+        super().__init__()
+        from torchvision.models import ConvNeXt_Small_Weights, convnext_small
+
+        state = _resolve_weights(ConvNeXt_Small_Weights.IMAGENET1K_V1, weights_path, "ConvNeXt-S perceptual loss", "convnext-s")
+        self.network = convnext_small(weights=None)
+        self.network.load_state_dict(state)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406])[None, :, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225])[None, :, None, None], persistent=False)
+        self.requires_grad_(False).eval()
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        images = F.interpolate(images * 0.5 + 0.5, size=224, mode="bilinear", align_corners=False, antialias=True)
+        return self.network((images - self.mean) / self.std)
+
+    def forward(self, reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self._logits(reconstruction), self._logits(target), reduction="none").mean(-1)
+
+
+def build_perceptual_loss(name: str, weights_path: str | None = None) -> nn.Module | None:
+    """The perceptual module named by ``PrologueStage1LossConfig.perceptual_loss`` (``None`` for ``"none"``)."""
+    if name == "none":
+        return None
+    if name == "lpips-vgg":
+        return LPIPSVGGLoss(weights_path)
+    if name == "lpips-vgg-untrained-trunk":
+        return LPIPSVGGLoss(untrained_trunk=True)
+    if name == "convnext-s":
+        return ConvNeXtPerceptualLoss(weights_path)
+    raise ValueError(f"perceptual_loss must be one of {PERCEPTUAL_LOSSES}, got {name!r}")
+
+
+# ============================================================================================ GAN terms
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str = "vanilla") -> torch.Tensor:
+    """``vanilla``: ``E softplus(-D(x)) + E softplus(D(x^))``; ``hinge``: ``(E relu(1 - D(x)) + E relu(1 + D(x^))) / 2``."""
+    if kind == "vanilla":
+        return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+    if kind == "hinge":
+        return 0.5 * (F.relu(1.0 - real_logits.float()).mean() + F.relu(1.0 + fake_logits.float()).mean())
+    raise ValueError(f"kind must be one of {GAN_LOSSES}, got {kind!r}")
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor, kind: str = "vanilla") -> torch.Tensor:
+    """``vanilla`` (non-saturating): ``E softplus(-D(x^))``; ``hinge``: ``-E D(x^)``."""
+    if kind == "vanilla":
+        return F.softplus(-fake_logits.float()).mean()
+    if kind == "hinge":
+        return -fake_logits.float().mean()
+    raise ValueError(f"kind must be one of {GAN_LOSSES}, got {kind!r}")
+
+
+def lecam_regularizer(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_ema: torch.Tensor, fake_ema: torch.Tensor) -> torch.Tensor:
+    """LeCam (Tseng et al. 2021): ``E relu(D(x) - ema_fake)^2 + E relu(ema_real - D(x^))^2``."""
+    return F.relu(real_logits.float() - fake_ema).pow(2).mean() + F.relu(real_ema - fake_logits.float()).pow(2).mean()
+
+
+def adaptive_gan_weight(reconstruction_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """``||d L_rec / d W|| / (||d GAN_G / d W|| + 1e-4)`` at the decoder's last layer ``W``, clamped to ``[0, 1e4]``
+    and detached (Esser et al. 2021)."""
+    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+# ============================================================================================ routed AR loss
+def visual_prob_ste(visual_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Straight-through soft one-hot over the visual codebook: ``p + sg(onehot(argmax) - p)``, ``p = softmax(cos / tau)``.
+
+    ``visual_logits`` ``[B, N, V]`` cosine similarities -> ``[B, N, V]`` (forward: the hard one-hot of the ids the
+    L2 VQ picked; backward: the softmax). The L2 VQ itself has no differentiable assignment; this is the one the
+    "AR regularisation on visual tokens" baseline uses to send CE into the visual codebook and encoder.
+    """
+    probs = torch.softmax(visual_logits.float() / temperature, dim=-1)
+    hard = F.one_hot(visual_logits.argmax(dim=-1), visual_logits.shape[-1]).to(probs.dtype)
+    return probs + (hard - probs).detach()
+
+
+def prepare_class_labels(labels: torch.Tensor | None, batch_size: int, num_classes: int, drop_prob: float, device) -> torch.Tensor:
+    """Labels for the compact AR's class token: ``[B]`` in ``[0, C]`` where ``C`` is the null class.
+
+    ``None`` / negative labels (unlabelled) and, with probability ``drop_prob`` per sample, real labels become ``C``.
+    """
+    null = torch.full((batch_size,), num_classes, dtype=torch.long, device=device)
+    if labels is None or drop_prob >= 1.0:
+        return null
+    labels = labels.to(device=device, dtype=torch.long)
+    labels = torch.where(labels < 0, null, labels)
+    if drop_prob > 0:
+        labels = torch.where(torch.rand(batch_size, device=device) < drop_prob, null, labels)
+    return labels
+
+
+@dataclass
+class RoutedARLossOutput(ModelOutput):
+    """Output of :func:`routed_ar_loss`.
+
+    Attributes:
+        loss: scalar mean CE over the ``T = K + 1 + N`` predicted positions.
+        token_losses: ``[B, T]`` per-position CE.
+        logits: ``[B, 1 + T, vocab]`` AR logits (position ``t`` predicts ``targets[:, t + 1]``).
+        targets: ``[B, 1 + T]`` the discrete sequence ``[class][prologue][EOS][visual]``.
+        inputs_embeds: ``[B, 1 + T, hidden]`` what the AR read.
+        drop_visual: ``[B]`` bool, samples whose visual inputs were replaced by EOS (None without dropout).
+        metrics: detached scalars: ``ar_ce_prologue``, ``ar_ce_eos``, ``ar_ce_visual``, ``ar_acc_*``.
+    """
+
+    loss: torch.Tensor | None = None
+    token_losses: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    inputs_embeds: torch.Tensor | None = None
+    drop_visual: torch.Tensor | None = None
+    metrics: dict | None = None
+
+
+def routed_ar_loss(
+    compact_ar: PrologueARForCausalLM,
+    encoded: PrologueTokenizerEncoderOutput,
+    class_labels: torch.Tensor,
+    target: str = "prologue",
+    visual_dropout: float = 0.5,
+    prologue_target_gradient: bool = False,
+    visual_soft_temperature: float = 1.0,
+    drop_visual: torch.Tensor | None = None,
+) -> RoutedARLossOutput:
+    """Compact-AR cross-entropy with the gradient routed by ``target`` (see the module docstring).
+
+    Args:
+        compact_ar: the jointly trained AR; its vocabulary must match the tokenizer.
+        encoded: the tokenizer's encoder output (ids, Prob-STE ``prologue_soft_onehot``, cosine ``visual_logits``).
+        class_labels: ``[B]`` in ``[0, C]`` (``C`` = null class), see :func:`prepare_class_labels`.
+        target: ``"prologue"`` or ``"visual"``.
+        visual_dropout: per-sample probability of replacing all visual inputs by EOS (``"prologue"`` only).
+        prologue_target_gradient: soft prologue targets (gradient of ``log p(z_p)`` through the targets).
+        visual_soft_temperature: ``tau_v`` of :func:`visual_prob_ste` (``"visual"`` only).
+        drop_visual: ``[B]`` bool mask to use instead of sampling one (tests, analysis).
+    """
+    vocab = compact_ar.vocabulary
+    visual_ids = encoded.visual_ids
+    batch = visual_ids.shape[0]
+    if target == "prologue":
+        if encoded.prologue_soft_onehot is None:
+            raise ValueError("target='prologue' needs a tokenizer with prologue tokens (num_prologue_tokens > 0)")
+        if drop_visual is None and visual_dropout > 0:
+            drop_visual = torch.rand(batch, device=visual_ids.device) < visual_dropout
+        inputs_embeds = compact_ar.embed_sequence(
+            class_labels, visual_ids=visual_ids, prologue_soft_onehot=encoded.prologue_soft_onehot, drop_visual=drop_visual
+        )
+        targets = vocab.build_sequence(class_labels, visual_ids, encoded.prologue_ids)
+    elif target == "visual":
+        if vocab.has_prologue:
+            raise ValueError("target='visual' is the K=0 AR-regularisation baseline; this vocabulary has prologue tokens")
+        if drop_visual is not None:
+            raise ValueError("drop_visual needs an EOS token, i.e. target='prologue'")
+        soft = visual_prob_ste(encoded.visual_logits, visual_soft_temperature)
+        inputs_embeds = compact_ar.embed_sequence(class_labels, visual_soft_onehot=soft)
+        targets = vocab.build_sequence(class_labels, visual_ids)
+    else:
+        raise ValueError(f"target must be 'prologue' or 'visual', got {target!r}")
+
+    logits = compact_ar(inputs_embeds=inputs_embeds).logits  # [B, 1 + T, vocab]
+    predictions = logits[:, :-1].float()  # position t predicts token t + 1
+    token_losses = F.cross_entropy(predictions.flatten(0, 1), targets[:, 1:].flatten(), reduction="none").view(batch, -1)
+    k = vocab.num_prologue_tokens
+    if prologue_target_gradient and target == "prologue":
+        log_probs = predictions[:, :k].log_softmax(-1)[..., vocab.prologue_offset : vocab.prologue_offset + vocab.prologue_vocab_size]
+        soft_ce = -(encoded.prologue_soft_onehot.float() * log_probs).sum(-1)  # [B, K], same value as the hard CE
+        token_losses = torch.cat([soft_ce, token_losses[:, k:]], dim=1)
+    loss = token_losses.mean()
+
+    with torch.no_grad():
+        segments = vocab.segment_ids(device=token_losses.device)  # 0 prologue, 1 EOS, 2 visual
+        correct = (predictions.argmax(-1) == targets[:, 1:]).float()
+        metrics = {}
+        for segment, name in ((0, "prologue"), (1, "eos"), (2, "visual")):
+            mask = segments == segment
+            if bool(mask.any()):
+                metrics[f"ar_ce_{name}"] = token_losses[:, mask].mean().detach()
+                metrics[f"ar_acc_{name}"] = correct[:, mask].mean()
+        if drop_visual is not None:
+            metrics["ar_visual_dropped_fraction"] = drop_visual.float().mean()
+    return RoutedARLossOutput(
+        loss=loss,
+        token_losses=token_losses,
+        logits=logits,
+        targets=targets,
+        inputs_embeds=inputs_embeds,
+        drop_visual=drop_visual,
+        metrics=metrics,
+    )
+
+
+# ============================================================================================ the stage-1 module
+@dataclass
+class PrologueStage1Output(ModelOutput):
+    """Output of :class:`PrologueStage1Model`.
+
+    Attributes:
+        loss: scalar ``generator_loss + discriminator_loss`` (the one tensor to back-propagate).
+        generator_loss: scalar tokenizer + compact-AR objective (Eq. 2 plus the reconstruction/GAN/VQ terms).
+        discriminator_loss: scalar discriminator objective (0 without GAN or before ``gan_start_step``).
+        reconstruction: ``[B, C, H, W]`` decoded images.
+        visual_ids: ``[B, N]``; prologue_ids: ``[B, K]`` or None.
+        metrics: detached scalar tensors, one per loss term and AR statistic.
+    """
+
+    loss: torch.Tensor | None = None
+    generator_loss: torch.Tensor | None = None
+    discriminator_loss: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    visual_ids: torch.Tensor | None = None
+    prologue_ids: torch.Tensor | None = None
+    metrics: dict | None = None
+
+
+class PrologueStage1Model(nn.Module):
+    """Everything stage 1 trains, behind one ``forward`` that returns the routed loss.
+
+    Submodules: ``tokenizer`` (:class:`PrologueTokenizerModel`), ``compact_ar`` (:class:`PrologueARForCausalLM` or
+    None), ``discriminator`` (:class:`PrologueDiscriminator` or None), ``perceptual`` (frozen, or None).
+
+    Args:
+        tokenizer: the tokenizer to train (``"prologue"``, ``"2d"`` or ``"1d"``).
+        compact_ar: the jointly trained AR (required unless the AR target is ``"none"``).
+        discriminator: required iff ``loss_config.gan_weight > 0``.
+        loss_config: :class:`PrologueStage1LossConfig` (paper defaults).
+        perceptual_loss: a module ``(reconstruction, target) -> [B]`` replacing the configured one (pluggable
+            backbone); by default built from ``loss_config.perceptual_loss``.
+
+    >>> from prologue_hf.testing import tiny_tokenizer, tiny_ar
+    >>> tok = tiny_tokenizer().train()
+    >>> model = PrologueStage1Model(tok, tiny_ar(tok.config).train(), None,
+    ...     PrologueStage1LossConfig(gan_weight=0.0, perceptual_loss="none"))
+    >>> out = model(torch.rand(2, 3, 32, 32) * 2 - 1)
+    >>> sorted(k for k in out.metrics if k.startswith("ar_ce"))
+    ['ar_ce', 'ar_ce_eos', 'ar_ce_prologue', 'ar_ce_visual']
+    """
+
+    def __init__(
+        self,
+        tokenizer: PrologueTokenizerModel,
+        compact_ar: PrologueARForCausalLM | None = None,
+        discriminator: PrologueDiscriminator | None = None,
+        loss_config: PrologueStage1LossConfig | None = None,
+        perceptual_loss: nn.Module | None = None,
+    ):
+        super().__init__()
+        config = loss_config or PrologueStage1LossConfig()
+        has_prologue = tokenizer.config.num_prologue_tokens > 0
+        target = config.ar_target
+        if target == "auto":
+            target = "prologue" if has_prologue else "none"
+        if has_prologue and target != "prologue":
+            raise ValueError(f"a tokenizer with prologue tokens needs ar_target='prologue' (their only signal), got {target!r}")
+        if target == "prologue" and not has_prologue:
+            raise ValueError("ar_target='prologue' needs num_prologue_tokens > 0")
+        if target == "none" and compact_ar is not None:
+            raise ValueError("compact_ar was given but ar_target is 'none'; pass compact_ar=None for the no-AR baselines")
+        if target != "none":
+            if compact_ar is None:
+                raise ValueError(f"ar_target={target!r} needs a compact_ar")
+            from .. import check_compatible  # lazy: the package __init__ may import this module
+
+            check_compatible(tokenizer.config, compact_ar.config)
+        if (config.gan_weight > 0) != (discriminator is not None):
+            raise ValueError(
+                f"discriminator must be given iff gan_weight > 0 (gan_weight={config.gan_weight}, "
+                f"discriminator={'given' if discriminator is not None else 'None'})"
+            )
+        self.loss_config = config
+        self.ar_target = target
+        self.tokenizer = tokenizer
+        self.compact_ar = compact_ar
+        self.discriminator = discriminator
+        if perceptual_loss is None and config.perceptual_weight > 0:
+            perceptual_loss = build_perceptual_loss(config.perceptual_loss, config.perceptual_weights_path)
+        if perceptual_loss is not None:
+            perceptual_loss.requires_grad_(False).eval()
+        self.perceptual = perceptual_loss
+
+    # -------------------------------------------------------------------------------------------- pieces
+    def _frozen_discriminator_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``D(images)`` with detached discriminator weights: the gradient reaches ``images`` only."""
+        params = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        return torch.func.functional_call(self.discriminator, params, (images,)).logits
+
+    def _discriminator_terms(self, real: torch.Tensor, fake: torch.Tensor, global_step: int) -> tuple[torch.Tensor, dict]:
+        cfg, disc = self.loss_config, self.discriminator
+        use_r1 = cfg.r1_weight > 0 and (global_step + 1) % cfg.r1_interval == 0 and torch.is_grad_enabled()
+        real = real.detach().requires_grad_(use_r1)
+        real_logits = disc(real).logits
+        fake_logits = disc(fake.detach()).logits
+        loss = discriminator_loss(real_logits, fake_logits, cfg.gan_loss)
+        metrics = {
+            "discriminator": loss.detach(),
+            "d_real_logit": real_logits.detach().float().mean(),
+            "d_fake_logit": fake_logits.detach().float().mean(),
+        }
+        if cfg.lecam_weight > 0:
+            if torch.is_grad_enabled():
+                disc.update_lecam_ema(real_logits, fake_logits)  # official order: update, then regularise
+            lecam = lecam_regularizer(real_logits, fake_logits, disc.lecam_real_ema, disc.lecam_fake_ema)
+            loss = loss + cfg.lecam_weight * lecam
+            metrics["lecam"] = lecam.detach()
+        if use_r1:
+            (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean()
+            loss = loss + 0.5 * cfg.r1_weight * r1
+            metrics["r1"] = r1.detach()
+        return loss, metrics
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, global_step: int = 0
+    ) -> PrologueStage1Output:
+        """Compute the routed stage-1 loss for ``pixel_values`` ``[B, C, H, W]`` in ``[-1, 1]``.
+
+        Args:
+            pixel_values: training images.
+            labels: ``[B]`` class labels (``-1`` = unlabelled); only the compact AR's class token reads them.
+            global_step: optimizer steps done so far (GAN start, R1 schedule).
+        """
+        cfg = self.loss_config
+        out = self.tokenizer(pixel_values)
+        target = pixel_values.float()
+        reconstruction = out.reconstruction.float()
+        zero = reconstruction.new_zeros(())
+
+        l1 = (reconstruction - target).abs().mean()
+        perceptual = self.perceptual(reconstruction, target).float().mean() if self.perceptual is not None else zero
+        rec_loss = cfg.l1_weight * l1 + cfg.perceptual_weight * perceptual
+        vq_loss = out.quantizer_loss.float()
+        generator = rec_loss + cfg.commitment_weight * vq_loss
+        metrics = {"l1": l1.detach(), "perceptual": perceptual.detach(), "commitment": vq_loss.detach()}
+
+        disc_loss = zero
+        if self.discriminator is not None:
+            if global_step >= cfg.gan_start_step:
+                gan_g = generator_adversarial_loss(self._frozen_discriminator_logits(reconstruction), cfg.gan_loss)
+                weight = reconstruction.new_tensor(cfg.gan_weight)
+                if cfg.adaptive_gan_weight and torch.is_grad_enabled():
+                    weight = weight * adaptive_gan_weight(rec_loss, gan_g, self.tokenizer.decoder.output_layer.weight)
+                generator = generator + weight * gan_g
+                d_loss, d_metrics = self._discriminator_terms(pixel_values, reconstruction, global_step)
+                disc_loss = cfg.discriminator_weight * d_loss
+                metrics.update(gan_generator=gan_g.detach(), gan_weight=weight.detach(), **d_metrics)
+            else:
+                # The discriminator stays in the graph with an exactly-zero gradient, so multi-process DDP sees all
+                # parameters used before the GAN starts (the trainer does not step it then).
+                disc_loss = sum(p.sum() for p in self.discriminator.parameters()) * 0.0
+
+        if self.ar_target != "none":
+            class_labels = prepare_class_labels(
+                labels, pixel_values.shape[0], self.compact_ar.vocabulary.num_classes, cfg.ar_label_drop_prob, pixel_values.device
+            )
+            ar = routed_ar_loss(
+                self.compact_ar,
+                out,
+                class_labels,
+                target=self.ar_target,
+                visual_dropout=cfg.visual_dropout,
+                prologue_target_gradient=cfg.prologue_target_gradient,
+                visual_soft_temperature=cfg.visual_soft_temperature,
+            )
+            generator = generator + cfg.ar_weight * ar.loss
+            metrics["ar_ce"] = ar.loss.detach()
+            metrics.update(ar.metrics)
+
+        metrics["generator_loss"] = generator.detach()
+        return PrologueStage1Output(
+            loss=generator + disc_loss,
+            generator_loss=generator,
+            discriminator_loss=disc_loss,
+            reconstruction=out.reconstruction,
+            visual_ids=out.visual_ids,
+            prologue_ids=out.prologue_ids,
+            metrics=metrics,
+        )
+
+
+__all__ = [
+    "PrologueStage1LossConfig",
+    "PrologueStage1Model",
+    "PrologueStage1Output",
+    "RoutedARLossOutput",
+    "routed_ar_loss",
+    "visual_prob_ste",
+    "prepare_class_labels",
+    "discriminator_loss",
+    "generator_adversarial_loss",
+    "lecam_regularizer",
+    "adaptive_gan_weight",
+    "build_perceptual_loss",
+    "LPIPSVGGLoss",
+    "ConvNeXtPerceptualLoss",
+    "PerceptualWeightsUnavailableError",
+    "PERCEPTUAL_LOSSES",
+    "GAN_LOSSES",
+    "AR_TARGETS",
+]
