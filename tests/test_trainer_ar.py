@@ -217,12 +217,12 @@ def test_resume_gives_the_same_losses_weights_and_ema(ids_dataset, tmp_path):
     assert not torch.equal(full.ema.model.lm_head.weight, full.model.lm_head.weight.detach())
 
 
-def test_gradient_checkpointing_changes_nothing(ids_dataset, tmp_path):
+def test_activation_checkpointing_changes_nothing(ids_dataset, tmp_path):
     runs = []
     for checkpointing in (False, True):
         trainer = PrologueARTrainer(
             tiny_ar(seed=0, hidden_dropout=0.1, embedding_dropout=0.1),  # recomputation must replay the dropout masks
-            training_args(tmp_path / str(checkpointing), max_steps=3, warmup_steps=1, gradient_checkpointing=checkpointing),
+            training_args(tmp_path / str(checkpointing), max_steps=3, warmup_steps=1, activation_checkpointing=checkpointing),
             train_dataset=ids_dataset,
         )
         trainer.train()

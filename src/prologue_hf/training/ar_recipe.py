@@ -107,6 +107,11 @@ def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTr
         )
     if script_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    if training_args.activation_checkpointing and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false") == "true":
+        # examples/accelerate_configs/fsdp.yaml checkpoints inside FSDP (no redundant all-gather); the Trainer refuses
+        # both at once, so the config's activation_checkpointing gives way
+        logger.info("FSDP does the activation checkpointing; activation_checkpointing of the AR config ignored")
+        training_args.activation_checkpointing = training_args.gradient_checkpointing = False
     info = PretokenizedInfo.from_dataset(train_dataset)
     config = build_ar_config(info, script_args)
     config._attn_implementation = script_args.attn_implementation
