@@ -132,12 +132,11 @@ def test_effnet_lite0_shipped_weights_classify_a_real_photo():
     assert int(out["logits"].argmax()) == 652  # ImageNet "military uniform"
 
 
-def test_fd_effnet_lite0_self_zero_and_perturbed_positive():
+def test_fd_effnet_lite0_of_perturbed_images_is_positive():
     extractor = EfficientNetLite0Features()
     images = random_images(4, seed=3)
     darker = (images // 2).astype(np.uint8)
-    feats = extractor(images)["features"]
-    assert abs(frechet_distance(feats, feats)) < 1e-4
+    feats = extractor(images)["features"]  # (the distance of a set to itself: test_shipped_evaluate_modules...)
     assert frechet_distance(feats, extractor(darker)["features"]) > 1e-2
     with pytest.raises(ValueError, match="uint8"):
         extractor(images.astype(np.float32))
@@ -179,11 +178,11 @@ def test_inception_success_path_with_random_weights(tmp_path, monkeypatch):
     images = random_images(2, seed=4)
     out = extractor(images)
     assert out["features"].shape == (2, 2048) and out["logits"].shape == (2, 1008)
+    # (the FID formula itself is covered with stand-in features; a 2048-d eigen-decomposition is slow on CI CPUs)
     results = compute_generation_metrics(
-        images, images, metrics=("fid", "inception_score"), inception=extractor, inception_score_splits=2
+        images, images, metrics=("inception_score",), inception=extractor, inception_score_splits=2
     )
-    assert abs(results["fid"]) < 1e-3 and results["num_samples"] == 2
-    assert results["inception_score"] >= 1.0 - 1e-9
+    assert results["num_samples"] == 2 and results["inception_score"] >= 1.0 - 1e-9
 
 
 # ------------------------------------------------------------------------------------------------ ADM .npz
@@ -400,3 +399,79 @@ def test_random_effnet_extractor_is_usable_without_the_weights_package():
     torch.manual_seed(0)
     extractor = EfficientNetLite0Features(EfficientNetLite0())
     assert extractor(random_images(2, size=16))["features"].shape == (2, 1280)
+
+
+# ------------------------------------------------------------------------------------------------ examples/evaluate.py
+def _load_example(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _image_folder(root, splits=("train", "validation"), per_class=3):
+    import PIL.Image
+
+    for s, split in enumerate(splits):
+        for c, name in enumerate(("cat", "dog")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i, image in enumerate(random_images(per_class, seed=100 + 10 * s + c, low=40 * c, high=200 + 40 * c)):
+                PIL.Image.fromarray(image).save(folder / f"{i}.png")
+    return root
+
+
+def test_example_sample_and_metrics(pipe, tmp_path, capsys):
+    example = _load_example("evaluate")
+    pipe.save_pretrained(tmp_path / "pipe")
+    args = ["--images-per-class", "2", "--shard-size", "3", "--batch-size", "3", "--seed", "5"]
+    example.main(["sample", "--pipeline", str(tmp_path / "pipe"), "--output-dir", str(tmp_path / "cli"), *args])
+    expected = sample_to_npz(pipe, tmp_path / "lib", images_per_class=2, shard_size=3, batch_size=3, seed=5,
+                             sampling="prologue-B-B")
+    with np.load(tmp_path / "cli" / "samples.npz") as cli, np.load(expected) as lib:
+        assert cli["arr_0"].shape == (6, 32, 32, 3) and np.array_equal(cli["arr_0"], lib["arr_0"])
+    capsys.readouterr()
+    samples = str(tmp_path / "cli" / "samples.npz")
+    example.main(["metrics", "--samples", samples, "--reference", samples, "--output", str(tmp_path / "m.json")])
+    results = json.loads((tmp_path / "m.json").read_text())
+    assert set(results) == {FD_EFFNET_LITE0, "num_samples"} and abs(results[FD_EFFNET_LITE0]) < 1e-3
+    assert json.loads(capsys.readouterr().out) == results
+    with pytest.raises(FileNotFoundError, match="InceptionV3 weights"):
+        example.main(["metrics", "--samples", samples, "--reference", samples, "--metrics", "fid"])
+
+
+def test_example_reconstruction_and_probe(tmp_path):
+    example = _load_example("evaluate")
+    tokenizer = tiny_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "tok")
+    data = _image_folder(tmp_path / "data")
+    common = ["--tokenizer", str(tmp_path / "tok"), "--data", str(data), "--num-workers", "0", "--device", "cpu"]
+    rec_args = ["--output-dir", str(tmp_path / "rec"), "--batch-size", "4", "--no-rfd-effnet-lite0"]
+    example.main(["reconstruction", *common, *rec_args])
+    results = json.loads((tmp_path / "rec" / "reconstruction.json").read_text())
+    assert results["num_images"] == 6 and (tmp_path / "rec" / "reconstructions.png").exists()
+    import PIL.Image
+
+    from prologue_hf.evaluation.data import evaluation_dataloader
+
+    loader = evaluation_dataloader(str(data), "validation", 32, 4)
+    images = torch.cat([b["pixel_values"] for b in loader])
+    on_disk = [np.asarray(PIL.Image.open(p)) for p in sorted((data / "validation").rglob("*.png"))]
+    assert np.array_equal(  # 32 px images: the center crop is the identity
+        tokenizer.postprocess(images, "uint8").permute(0, 2, 3, 1).numpy(), np.stack(on_disk)
+    )
+    expected = evaluate_reconstruction(tokenizer, [images], compute_ssim=True)
+    assert results["psnr"] == pytest.approx(expected.psnr, rel=1e-9)
+    assert results["codebook_usage"] == expected.codebook_usage and results["frechet"] == {}
+
+    example.main(["probe", *common, "--output-dir", str(tmp_path / "probe"), "--epochs", "5"])
+    probe = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert probe["num_train"] == 6 and probe["num_eval"] == 6 and probe["top5"] == 100.0  # 2 classes
+    feats, labels = extract_probe_features(tokenizer, evaluation_dataloader(str(data), "train", 32, 64))
+    eval_feats, eval_labels = extract_probe_features(tokenizer, loader)
+    direct = train_linear_probe(feats, labels, eval_feats, eval_labels, epochs=5)
+    assert probe["top1"] == direct.top1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .data import evaluation_dataloader
 from .features import (
     FD_EFFNET_LITE0,
     EfficientNetLite0,
@@ -80,6 +81,7 @@ __all__ = [
     "comparison_grid",
     "compute_generation_metrics",
     "evaluate_reconstruction",
+    "evaluation_dataloader",
     "extract_features",
     "extract_probe_features",
     "feature_statistics",

@@ -67,7 +67,10 @@ def as_uint8_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
             raise ValueError(
                 f"numpy images must be uint8 [B, H, W, 3] (ADM layout), got {images.dtype} {list(images.shape)}"
             )
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        images = np.ascontiguousarray(images)
+        if not images.flags.writeable:  # e.g. batches streamed from an .npz (np.frombuffer)
+            images = images.copy()
+        return torch.from_numpy(images).permute(0, 3, 1, 2)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = list(images.shape) if hasattr(images, "shape") else type(images).__name__
         raise ValueError(f"images must be [B, 3, H, W] tensors or uint8 [B, H, W, 3] arrays, got {shape}")
