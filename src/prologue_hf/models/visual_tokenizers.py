@@ -118,6 +118,8 @@ class VisualTokenizerAdapter(ABC):
 
     adapter_type: ClassVar[str]
     model_class_path: ClassVar[str]
+    # ``model_type`` (transformers) or ``_class_name`` (diffusers) in the model's config.json: see detect_adapter_type
+    config_marker: ClassVar[str]
     default_input_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)
     can_decode: ClassVar[bool] = True
 
@@ -364,6 +366,7 @@ class PrologueTokenizerAdapter(VisualTokenizerAdapter):
 
     adapter_type = "prologue"
     model_class_path = "prologue_hf.models.modeling_prologue_tokenizer.PrologueTokenizerModel"
+    config_marker = "prologue_tokenizer"
 
     def _default_image_size(self) -> int:
         return self.model.config.image_size
@@ -417,6 +420,7 @@ class DiffusersVQModelAdapter(VisualTokenizerAdapter):
 
     adapter_type = "diffusers_vqmodel"
     model_class_path = "diffusers.VQModel"
+    config_marker = "VQModel"
 
     def _default_image_size(self) -> int:
         return int(self.model.config.sample_size)
@@ -472,6 +476,7 @@ class JanusVQVAEAdapter(VisualTokenizerAdapter):
 
     adapter_type = "janus_vqvae"
     model_class_path = "transformers.JanusVQVAE"
+    config_marker = "janus_vqgan"
 
     def _default_image_size(self) -> int:
         config = self.model.config
@@ -520,6 +525,7 @@ class Emu3VQVAEAdapter(VisualTokenizerAdapter):
 
     adapter_type = "emu3_vqvae"
     model_class_path = "transformers.Emu3VQVAE"
+    config_marker = "emu3_vqgan"
 
     def _check_geometry(self) -> None:
         super()._check_geometry()
@@ -565,6 +571,7 @@ class ChameleonVQVAEAdapter(VisualTokenizerAdapter):
 
     adapter_type = "chameleon_vqvae"
     model_class_path = "transformers.ChameleonVQVAE"
+    config_marker = "chameleon_vqgan"
     default_input_range = (-1.0, 255 * 0.0078 - 1.0)
     can_decode = False
 
@@ -646,6 +653,33 @@ def adapter_for_model(model: nn.Module, **kwargs) -> VisualTokenizerAdapter:
         f"no visual-tokenizer adapter for {type(model).__name__}; supported: "
         + ", ".join(cls.model_class_path for cls in VISUAL_TOKENIZER_ADAPTERS.values())
         + " (or register_visual_tokenizer_adapter a subclass of VisualTokenizerAdapter)"
+    )
+
+
+def detect_adapter_type(name_or_path: str | os.PathLike, subfolder: str | None = None, **hub_kwargs) -> str:
+    """The registered ``adapter_type`` for the tokenizer saved at ``name_or_path`` (local folder or Hub repo), read
+    from its ``config.json`` (``model_type`` of transformers models, ``_class_name`` of diffusers models).
+
+    Full multimodal checkpoints (Janus-Pro, Emu3, Chameleon repos) hold the VQ model *inside* a bigger model: load
+    it (``JanusForConditionalGeneration.from_pretrained(repo).model.vqmodel``) and wrap or ``save_pretrained`` it.
+    """
+    import json
+
+    path = os.path.join(str(name_or_path), subfolder or "", "config.json")
+    if not os.path.isfile(path):
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(str(name_or_path), "config.json", subfolder=subfolder, **hub_kwargs)
+    with open(path) as handle:
+        config = json.load(handle)
+    markers = {config.get("model_type"), config.get("_class_name")} - {None}
+    for cls in VISUAL_TOKENIZER_ADAPTERS.values():
+        if getattr(cls, "config_marker", None) in markers:
+            return cls.adapter_type
+    raise ValueError(
+        f"cannot tell which adapter fits {name_or_path} (config model_type / _class_name: {sorted(markers)}); "
+        f"pass the adapter type explicitly, one of {sorted(VISUAL_TOKENIZER_ADAPTERS)}. A full multimodal checkpoint "
+        "(model_type 'janus', 'emu3', 'chameleon') holds its VQ model at .model.vqmodel: save that one first"
     )
 
 
@@ -735,6 +769,7 @@ __all__ = [
     "register_visual_tokenizer_adapter",
     "adapter_for_model",
     "load_visual_tokenizer",
+    "detect_adapter_type",
     "check_identity",
     "weights_sha256",
 ]
