@@ -35,7 +35,10 @@ def main(argv=None):
     model = build_stage1_model(model_args, loss_config)
     transform = ImageTransform(model.tokenizer.config.image_size, data_args.random_crop, data_args.hflip)
     trainer = PrologueTokenizerTrainer(
-        model=model, args=training_args, train_dataset=dataset, data_collator=ImageTrainingCollator(transform)
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=ImageTrainingCollator(transform, seed=training_args.data_seed or training_args.seed),
     )
     resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume == "last" else resume)

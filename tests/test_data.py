@@ -191,3 +191,28 @@ def test_collator_all_corrupt_batch_raises():
         collator([{"image": {"bytes": b"junk", "path": None}, "label": 0}])
     good = collator([{"image": PIL.Image.new("L", (9, 9), 255), "label": None}])
     assert good["labels"].tolist() == [-1] and torch.equal(good["pixel_values"], torch.ones(1, 3, 8, 8))
+
+
+def test_seeded_collator_augmentation_depends_only_on_seed_epoch_index():
+    image = PIL.Image.fromarray(np.arange(40 * 24 * 3, dtype=np.uint32).reshape(24, 40, 3).astype(np.uint8))
+    collator = ImageTrainingCollator(ImageTransform(16, random_crop=True, hflip=True), seed=7)
+    examples = [{"image": image, "label": 0, "index": i} for i in range(6)]
+    torch.manual_seed(0)
+    whole = collator(examples)["pixel_values"]
+    torch.manual_seed(123)  # the global generator plays no part
+    alone = torch.cat([collator([example])["pixel_values"] for example in reversed(examples)]).flip(0)
+    assert torch.equal(whole, alone)
+    assert len({tuple(x.flatten()[:8].tolist()) for x in whole}) > 1  # different indices, different crops
+    collator.set_epoch(1)
+    assert not torch.equal(collator(examples)["pixel_values"], whole)  # a new epoch re-draws
+    collator.set_epoch(0)
+    assert torch.equal(collator(examples)["pixel_values"], whole)
+
+
+def test_load_training_images_adds_index(tmp_path):
+    from prologue_hf.training.data import ImageDataArguments, load_training_images
+
+    root = _write_imagefolder(tmp_path / "images", per_class=2)
+    ds = load_training_images(ImageDataArguments(train_data=str(root), cache_dir=str(tmp_path / "cache"), max_train_samples=3))
+    assert ds.column_names == ["image", "label", "index"] and ds["index"] == [0, 1, 2]
+    assert ds.features["image"].decode is False

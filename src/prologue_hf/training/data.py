@@ -187,15 +187,23 @@ def load_training_images(data_args: ImageDataArguments, seed: int = 0):
         dataset = dataset.take(n) if data_args.streaming else dataset.select(range(min(n, len(dataset))))
     if data_args.streaming:
         dataset = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
-    return prepare_image_dataset(dataset)
+    return prepare_image_dataset(dataset, add_index=True)
 
 
-def prepare_image_dataset(dataset: datasets.Dataset | datasets.IterableDataset):
+def prepare_image_dataset(dataset: datasets.Dataset | datasets.IterableDataset, add_index: bool = False):
     """Turn off ``datasets``' own image decoding (``Image(decode=False)``) so that :class:`ImageTrainingCollator`
-    decodes each image itself and can skip corrupt files. Use the result with that collator."""
+    decodes each image itself and can skip corrupt files. Use the result with that collator.
+
+    ``add_index=True`` (map-style datasets) adds an ``index`` column (the row number); a seeded
+    :class:`ImageTrainingCollator` derives each sample's crop / flip from ``(seed, epoch, index)``, so augmentation is
+    reproducible, independent of worker count and exactly resumable.
+    """
     if "image" not in (dataset.column_names or []):
         raise ValueError(f"dataset must have an 'image' column (see load_image_dataset); got {dataset.column_names}")
-    return dataset.cast_column("image", datasets.Image(decode=False))
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    if add_index and isinstance(dataset, datasets.Dataset) and "index" not in dataset.column_names:
+        dataset = dataset.add_column("index", list(range(len(dataset))))
+    return dataset
 
 
 # ----------------------------------------------------------------------------------------------------- images
@@ -292,22 +300,42 @@ class ImageTrainingCollator:
     corrupt file never stops an epoch. A batch in which *every* image is corrupt raises ``RuntimeError``: that is a
     broken data source, not a stray file. Labels ``None`` become ``-1`` (unlabelled).
 
+    Randomness: with ``seed`` set and an ``index`` in each example (:func:`prepare_image_dataset` with
+    ``add_index=True``), each sample's augmentation draws from a generator seeded by ``(seed, epoch, index)``
+    (:meth:`set_epoch`; the stage-1 trainer calls it at every epoch start), so it does not depend on worker count,
+    process or resume point. Otherwise ``transform`` uses torch's global generator.
+
     Args:
-        transform: PIL image -> ``[3, H, W]`` tensor, e.g. :class:`ImageTransform`.
+        transform: PIL image -> ``[3, H, W]`` tensor, e.g. :class:`ImageTransform` (called as
+            ``transform(image, generator=g)`` when seeded).
         image_column, label_column: keys of the examples.
+        seed: base seed of the per-sample augmentation (None: global generator).
     """
 
     def __init__(
         self,
-        transform: Callable[[PIL.Image.Image], torch.Tensor],
+        transform: Callable[..., torch.Tensor],
         image_column: str = "image",
         label_column: str = "label",
+        seed: int | None = None,
     ):
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
+        self.seed = seed
+        self.epoch = 0
         self.num_skipped = 0
         self.num_seen = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch number mixed into the per-sample augmentation seeds."""
+        self.epoch = int(epoch)
+
+    def _generator(self, example: dict[str, Any]) -> torch.Generator | None:
+        if self.seed is None or example.get("index") is None:
+            return None
+        high, low = np.random.SeedSequence([self.seed, self.epoch, int(example["index"])]).generate_state(2)
+        return torch.Generator().manual_seed((int(high) << 32) | int(low))
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pixels, labels = [], []
@@ -323,7 +351,8 @@ class ImageTrainingCollator:
                     f"{self.num_skipped} of {self.num_seen} images skipped so far in this process"
                 )
                 continue
-            pixels.append(self.transform(image))
+            generator = self._generator(example)
+            pixels.append(self.transform(image) if generator is None else self.transform(image, generator=generator))
             label = example.get(self.label_column)
             labels.append(-1 if label is None else int(label))
         if not pixels:

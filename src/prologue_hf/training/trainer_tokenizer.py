@@ -194,10 +194,17 @@ def load_stage1_components(stage1: PrologueStage1Model, checkpoint_dir: str, ema
 
 # ============================================================================================ callbacks
 class _StepEndCallback(TrainerCallback):
-    """EMA update after every optimizer step, reconstruction grids every N steps."""
+    """Epoch number to the collator's augmentation seeds; EMA update after every optimizer step; reconstruction
+    grids every N steps."""
 
     def __init__(self, trainer: PrologueTokenizerTrainer):
         self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        collator = self.trainer.data_collator
+        if hasattr(collator, "set_epoch"):  # before the epoch's DataLoader iterator (and its workers) is created
+            collator.set_epoch(int(state.epoch or 0))
+        return control
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
@@ -316,9 +323,13 @@ class PrologueTokenizerTrainer(Trainer):
     # -------------------------------------------------------------------------------------------- steps
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Run :class:`PrologueStage1Model` on ``inputs`` (``pixel_values``, ``labels``) and return its total loss."""
+        # The forward updates buffers (BatchNorm statistics, LeCam EMAs): keep a copy so that a non-finite batch
+        # cannot leak into the "last good" checkpoint.
+        buffers = list(self.stage1_model.buffers())
+        snapshot = [b.detach().clone() for b in buffers]
         outputs = model(pixel_values=inputs["pixel_values"], labels=inputs.get("labels"), global_step=self.state.global_step)
         loss = outputs.loss
-        self._stop_if_not_finite(loss, outputs.metrics)
+        self._stop_if_not_finite(loss, outputs.metrics, buffers, snapshot)
         if model.training:
             self._record(outputs, inputs["pixel_values"])
         return (loss, outputs) if return_outputs else loss
@@ -342,12 +353,15 @@ class PrologueTokenizerTrainer(Trainer):
         # cleared now, so the Trainer's clip / step of the main optimizer never sees discriminator gradients
         self.discriminator_optimizer.zero_grad(set_to_none=True)
 
-    def _stop_if_not_finite(self, loss: torch.Tensor, metrics: dict) -> None:
+    def _stop_if_not_finite(self, loss: torch.Tensor, metrics: dict, buffers: list, snapshot: list) -> None:
         bad = (~torch.isfinite(loss.detach())).float().reshape(1)
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")  # every rank stops together
         if float(bad) == 0:
             return
+        with torch.no_grad():
+            for buffer, saved in zip(buffers, snapshot, strict=True):
+                buffer.copy_(saved)
         step = self.state.global_step
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items()))
         saved = "no checkpoint written (save_strategy='no')"
