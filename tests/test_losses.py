@@ -316,3 +316,17 @@ def test_lpips_loads_local_vgg_weights(tmp_path):
     assert torch.equal(trunk["slice1.0.weight"], features["features.0.weight"])
     assert torch.equal(trunk["slice5.28.bias"], features["features.28.bias"])
     assert all(not p.requires_grad for p in loss.parameters())
+
+
+def test_adaptive_gan_weight_in_the_stage1_model():
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer().train()
+    disc = PrologueDiscriminator(PrologueDiscriminatorConfig(hidden_size=8))
+    model = PrologueStage1Model(
+        tokenizer, tiny_ar(tokenizer.config).train(), disc, PrologueStage1LossConfig(perceptual_loss="none", adaptive_gan_weight=True)
+    )
+    out = model(_images())
+    weight = float(out.metrics["gan_weight"])
+    assert weight > 0 and weight != pytest.approx(0.1)  # 0.1 x ||grad L_rec|| / ||grad GAN_G|| at the last layer
+    out.loss.backward()
+    assert tokenizer.decoder.output_layer.weight.grad.abs().sum() > 0

@@ -294,3 +294,33 @@ def test_example_script_two_cpu_processes(tmp_path, image_dir):
     assert all(np.isfinite(h["loss"]) for h in state["log_history"] if "loss" in h)
     tokenizer = PrologueTokenizerModel.from_pretrained(out / "tokenizer")
     assert all(torch.isfinite(p).all() for p in tokenizer.parameters())
+
+
+def test_example_script_streaming(tmp_path, image_dir):
+    out = tmp_path / "stream"
+    _load_example().main([
+        "--config", str(REPO / "examples" / "configs" / "tokenizer_tiny.yaml"),
+        "--train_data", str(image_dir), "--cache_dir", str(tmp_path / "hf-cache"), "--output_dir", str(out),
+        "--streaming", "True", "--shuffle_buffer_size", "16", "--max_steps", "3", "--save_steps", "3",
+        "--logging_steps", "3", "--disable_tqdm", "True",
+    ])
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and np.isfinite(state["log_history"][0]["loss"])
+
+
+def test_configs_parse_with_paper_values():
+    from prologue_hf.training.cli import parse_config_and_args
+    from prologue_hf.training.data import ImageDataArguments as DataArgs
+
+    types = (PrologueStage1ModelArguments, DataArgs, PrologueStage1LossConfig, PrologueTokenizerTrainingArguments)
+    for name, floor, epochs, perceptual, preset in (("B", 3e-5, 150, "lpips-vgg", "B"), ("L", 1e-5, 200, "convnext-s", "L")):
+        model_args, data_args, loss, args = parse_config_and_args(
+            types, ["--config", str(REPO / "examples" / "configs" / f"tokenizer_{name}.yaml"), "--output_dir", "unused",
+                    "--bf16", "False", "--dataloader_num_workers", "0"],
+        )
+        assert model_args.tokenizer_preset == preset and data_args.train_data == "ILSVRC/imagenet-1k"
+        assert (loss.l1_weight, loss.perceptual_weight, loss.gan_weight, loss.commitment_weight, loss.ar_weight) == (1, 1, 0.1, 1, 3)
+        assert loss.perceptual_loss == perceptual and loss.visual_dropout == 0.5
+        assert args.learning_rate == 1e-4 and args.min_learning_rate == floor and args.num_train_epochs == epochs
+        assert (args.tokenizer_adam_beta1, args.tokenizer_adam_beta2, args.ar_adam_beta1, args.ar_weight_decay) == (0.0, 0.99, 0.9, 0.03)
+        assert json.loads(model_args.compact_ar_overrides)["num_hidden_layers"] == 7
