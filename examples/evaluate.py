@@ -6,11 +6,11 @@ the linear probe. The exact paper protocol is in docs/evaluation.md.
 
     # gFID / IS / precision / recall against the ADM reference batch (InceptionV3 weights as a local file)
     python examples/evaluate.py metrics --samples runs/bb/samples.npz \\
-        --reference VIRTUAL_imagenet256_labeled.npz --inception-weights pt_inception-2015-12-05-6726825d.pth
+        --reference VIRTUAL_imagenet256_labeled.npz --inception-weights weights-inception-2015-12-05-6726825d.pth
 
     # rFID / PSNR / SSIM / codebook usage on ImageNet validation
     python examples/evaluate.py reconstruction --tokenizer PATH --data ILSVRC/imagenet-1k --split validation \\
-        --inception-weights pt_inception-2015-12-05-6726825d.pth --output-dir runs/recon
+        --inception-weights weights-inception-2015-12-05-6726825d.pth --output-dir runs/recon
 
     # Fig. A1: sweep the visual guidance scale of a preset
     accelerate launch examples/evaluate.py sweep --pipeline PATH --sampling prologue-B-B --scales 3 3.5 3.75 4 \\

