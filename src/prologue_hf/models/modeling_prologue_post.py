@@ -92,7 +92,7 @@ class ProloguePostModel(ProloguePostPreTrainedModel):
             (``diffusers.VQModel``, ``JanusVQVAE``, ``Emu3VQVAE``, ``ChameleonVQVAE``, ``PrologueTokenizerModel``).
 
     >>> from prologue_hf.testing import tiny_tokenizer
-    >>> post = ProloguePostModel.from_visual_tokenizer(tiny_tokenizer(tokenizer_type="2d"), hidden_size=32,
+    >>> post = ProloguePostModel.from_visual_tokenizer(tiny_tokenizer(num_prologue_tokens=0), hidden_size=32,
     ...     num_hidden_layers=1, num_attention_heads=2, rope_axes_dim=[4, 6, 6], num_prologue_tokens=4,
     ...     prologue_codebook_size=16, codebook_dim=8)
     >>> out = post.encode(torch.zeros(2, 3, 32, 32))
