@@ -354,3 +354,30 @@ def test_two_processes_match_one_process(tmp_path):
     assert sum(h["class_drop_rate"] for h in reference) > 0  # the dropout was exercised
     final = PrologueARForCausalLM.from_pretrained(tmp_path / "two")
     torch.testing.assert_close(final.lm_head.weight, one.model.lm_head.weight, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- shipped configs
+PAPER_STAGE2 = {  # appendix E: (AR preset, lr, floor, global batch, paper epochs, weight decay, GPUs written for)
+    "B-B": ("B", 2e-4, 5e-5, 512, 400, 0.03, 8),
+    "B-L": ("L", 2e-4, 5e-5, 512, 400, 0.03, 8),
+    "B-XL": ("XL", 2e-4, 5e-5, 512, 400, 0.03, 32),
+    "L-B": ("B", 4e-4, 1e-5, 2048, 800, 0.03, 8),
+    "L-L": ("L", 4e-4, 1e-5, 2048, 800, 0.03, 8),
+    "L-XL": ("XL", 4e-4, 1e-5, 2048, 950, 0.05, 32),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(PAPER_STAGE2))
+def test_paper_configs_hold_the_appendix_e_values(pair, tmp_path):
+    preset, lr, floor, batch, epochs, decay, gpus = PAPER_STAGE2[pair]
+    script, args = parse_ar_args(
+        ["--config", str(REPO / "examples" / "configs" / f"ar_{pair}.yaml"), "--dataset_name_or_path", "ids",
+         "--output_dir", str(tmp_path), "--use_cpu", "true"]  # bf16 is refused without a GPU unless use_cpu
+    )  # fmt: skip
+    assert script.ar_preset == preset and script.hidden_dropout == 0.1 and script.embedding_dropout == 0.1
+    assert (args.learning_rate, args.min_learning_rate, args.weight_decay) == (lr, floor, decay)
+    assert (args.adam_beta1, args.adam_beta2, args.max_grad_norm, args.class_dropout_prob) == (0.9, 0.96, 1.0, 0.1)
+    assert args.per_device_train_batch_size * gpus * args.gradient_accumulation_steps == batch
+    assert args.lr_scheduler_kwargs == {"lr_end": floor, "power": 1.0} and args.bf16
+    # 1.28M ImageNet images per paper epoch; the 800-epoch runs use the official 500,000 steps
+    assert args.max_steps == pytest.approx(epochs * 1_281_167 / batch, rel=1e-3)
