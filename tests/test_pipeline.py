@@ -231,3 +231,44 @@ def test_model_card_and_push_to_hub_up_to_the_network(pipe):
     assert uploaded["files"] == ["README.md", "ar", "model_index.json", "tokenizer"]
     assert uploaded["index"]["ar"] == ["prologue_hf.pipelines", "PrologueARForCausalLM"]
     assert "library_name: prologue-hf" in uploaded["readme"] and "someone/prologue-tiny" in uploaded["readme"]
+
+
+def _documented_defaults(section: str, first_column: str = "argument") -> dict[str, str]:
+    """``{name: default}`` of the first table under the heading that starts with ``section`` in docs/sampling.md."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "sampling.md").read_text()
+    lines = text[text.index(section) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        name, default = (cell.strip() for cell in line.strip("|").split("|")[:2])
+        rows[name.strip("`")] = default.strip("`")
+    return rows
+
+
+def test_documented_defaults_match_the_signatures():
+    import dataclasses
+    import inspect
+
+    from prologue_hf.pipelines import GuidanceSchedule, generate_ids
+
+    def signature_defaults(fn) -> dict[str, str]:
+        params = list(inspect.signature(fn).parameters.values())
+        return {
+            p.name: "required" if p.default is inspect.Parameter.empty else repr(p.default).replace("'", '"')
+            for p in params
+            if p.name != "self"
+        }
+
+    def field_defaults(cls) -> dict[str, str]:
+        return {f.name: repr(f.default).replace("'", '"') for f in dataclasses.fields(cls)}
+
+    assert _documented_defaults("## `ProloguePipeline(") == signature_defaults(ProloguePipeline.__init__)
+    assert _documented_defaults("### `pipe(...)`") == signature_defaults(ProloguePipeline.__call__)
+    assert _documented_defaults("## `generate_ids(") == signature_defaults(generate_ids)
+    assert _documented_defaults("## `SamplingParams` and", "field") == field_defaults(SamplingParams)
+    guidance_table = _documented_defaults("| `GuidanceSchedule` field", "`GuidanceSchedule` field")
+    assert guidance_table == field_defaults(GuidanceSchedule)

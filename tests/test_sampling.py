@@ -404,8 +404,9 @@ def test_hf_generate_with_the_segment_processor_equals_greedy_sampler():
     ours = generate_ids(ar, labels, SamplingParams(top_k=1))
     assert torch.equal(greedy[:, 1:], ours.ids)
     torch.manual_seed(0)
-    sampled = ar.generate(input_ids=prompt, do_sample=True, top_k=0, max_new_tokens=T, logits_processor=processor)
-    _assert_valid_segments(ar, sampled[:, 1:])
+    for top_k in (0, 50):  # generate's warpers (default top_k=50) run after the mask: segments stay non-empty
+        sampled = ar.generate(input_ids=prompt, do_sample=True, top_k=top_k, max_new_tokens=T, logits_processor=processor)
+        _assert_valid_segments(ar, sampled[:, 1:])
     with pytest.raises(ValueError, match="outside the 21 positions"):
         PrologueSegmentLogitsProcessor(vocab)(torch.zeros(1, 23, dtype=torch.long), torch.zeros(1, vocab.vocab_size))
 

@@ -662,13 +662,12 @@ class PrologueSegmentLogitsProcessor(LogitsProcessor):
     Generated position ``s = input_ids.shape[1] - prompt_length`` may only produce the ids the vocabulary allows
     there (prologue ids, then EOS, then visual ids). Use it as::
 
-        ar.generate(input_ids=class_token_ids[:, None], do_sample=True, top_k=0, max_new_tokens=T,
+        ar.generate(input_ids=class_token_ids[:, None], do_sample=True, max_new_tokens=T,
                     logits_processor=[PrologueSegmentLogitsProcessor(ar.config.vocabulary)])
 
-    Limits: no classifier-free guidance and one temperature / top-k / top-p for all segments (``generate`` applies
-    its warpers after this processor, which matches the official order). Pass ``top_k=0`` or a value no larger
-    than the smallest segment, since ``generate`` defaults to ``top_k=50``. Use :func:`generate_ids` for guidance,
-    per-segment settings and fixed prologues.
+    ``generate`` applies its temperature / top-k / top-p warpers after custom processors, so they act on masked
+    logits (the official order) and a segment is never emptied. Limits: no classifier-free guidance, one
+    temperature / top-k / top-p for all segments, no fixed prologue; use :func:`generate_ids` for those.
     """
 
     def __init__(self, vocabulary: PrologueVocabulary, prompt_length: int = 1):

@@ -1,0 +1,259 @@
+"""Sampling speed of the Prologue sampler against HF baselines and this machine's limit (run by hand).
+
+For each AR config (``tiny``: the test model; ``B``: ``PrologueARConfig.from_preset("B")``, ~115M, 273 steps),
+batch size and dtype, with classifier-free guidance on every step (the ``prologue-B-B`` preset: doubled batch
+throughout), it times one full sampling run of:
+
+* ``ours``: :func:`prologue_hf.pipelines.sampling.generate_ids` (preallocated KV cache);
+* ``hf_loop``: a plain loop over ``ar(input_ids=..., cache=DynamicCache)`` with the same CFG mix, mask and
+  multinomial (what one writes with stock transformers);
+* ``hf_generate``: ``ar.generate`` on the doubled batch with the segment-mask processor. ``generate`` cannot do CFG,
+  so it gets the same rows and steps without the mix: same forward work, its own per-step overhead;
+
+and reports images/s, ms per decode step, the share of the time spent inside the AR forward, and a roofline lower
+bound per step measured on this machine in the same run: ``max(bytes / bandwidth, flops / gemm_peak)`` with
+``bytes`` = the matmul weights plus the KV cache read at that step, ``bandwidth`` = read bandwidth of a large
+``sum``, ``gemm_peak`` = FLOP/s of a large square matmul in the same dtype.
+
+Random weights (speed does not depend on them). Example::
+
+    python benchmarks/bench_sampling.py --configs tiny B --batch-sizes 1 8 32 --dtypes fp32 bf16 --json out.json
+    python benchmarks/bench_sampling.py --configs B --batch-sizes 8 --dtypes fp32 --methods ours --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache, LogitsProcessorList
+
+from prologue_hf import PrologueARConfig, PrologueARForCausalLM
+from prologue_hf.pipelines.sampling import (
+    PrologueSegmentLogitsProcessor,
+    SamplingParams,
+    generate_ids,
+    top_k_filter,
+    top_p_filter,
+)
+from prologue_hf.testing import tiny_ar
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRESET = "prologue-B-B"  # guidance on every step: the doubled batch runs from the first to the last step
+
+
+# ------------------------------------------------------------------------------------------------ machine limits
+def _best_time(fn, repeats: int) -> float:
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_machine(dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
+    """Read bandwidth (bytes/s) of a 512 MB reduction and matmul FLOP/s of a 2048^3 product in ``dtype``."""
+    data = torch.ones(512 * 2**20 // 4, dtype=torch.float32)  # written once, so the pages are real
+    bandwidth = data.numel() * 4 / _best_time(data.sum, repeats)
+    a = torch.randn(2048, 2048, dtype=dtype)
+    b = torch.randn(2048, 2048, dtype=dtype)
+    flops = 2 * 2048**3 / _best_time(lambda: a @ b, repeats)
+    return {"read_bandwidth": bandwidth, "gemm_flops": flops}
+
+
+def step_lower_bounds(ar: PrologueARForCausalLM, rows: int, limits: dict[str, float]) -> list[float]:
+    """Roofline lower bound (s) of every decode step: weights + KV cache read vs matmul FLOPs."""
+    config = ar.config
+    element = next(ar.parameters()).element_size()
+    embedding = ar.get_input_embeddings().weight.numel()  # a lookup reads `rows` rows only
+    matmul_params = sum(p.numel() for p in ar.parameters() if p.ndim == 2) - embedding
+    kv_width = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+    bounds = []
+    for position in range(config.vocabulary.num_generated_tokens):  # step s attends to s + 1 cached positions
+        context = position + 1
+        nbytes = (matmul_params + rows * context * kv_width) * element
+        flops = 2 * rows * matmul_params + 2 * rows * context * kv_width  # q.k and p.v
+        bounds.append(max(nbytes / limits["read_bandwidth"], flops / limits["gemm_flops"]))
+    return bounds
+
+
+# ------------------------------------------------------------------------------------------------ methods
+def run_ours(ar, labels, generator):
+    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator).ids
+
+
+def run_hf_loop(ar, labels, generator):
+    """Stock transformers: DynamicCache (grows by concatenation), input_ids in, CFG + mask + multinomial."""
+    vocab = ar.config.vocabulary
+    params = SamplingParams.from_preset(PRESET)
+    weights = params.guidance_weights(vocab.num_prologue_tokens, vocab.num_generated_tokens)
+    settings = params.step_settings(vocab.num_prologue_tokens, vocab.num_generated_tokens)
+    mask = vocab.logit_mask(device=ar.device)
+    batch = labels.shape[0]
+    tokens = torch.cat([vocab.class_token_ids(labels), torch.full_like(labels, vocab.null_class_id)])[:, None]
+    cache = DynamicCache(config=ar.config)
+    out = []
+    for step in range(vocab.num_generated_tokens):
+        logits = ar(input_ids=tokens, cache=cache, use_cache=True).logits[:, -1].float()
+        w = weights[step]
+        mixed = w * logits[:batch] + (1 - w) * logits[batch:] if w is not None else logits[:batch]
+        temperature, top_k, top_p = settings[step]
+        mixed = top_p_filter(top_k_filter(mixed / temperature + mask[step], top_k), top_p)
+        next_ids = torch.multinomial(mixed.softmax(-1), 1, generator=generator)
+        out.append(next_ids)
+        tokens = next_ids.repeat(2, 1)
+    return torch.cat(out, 1)
+
+
+def run_hf_generate(ar, labels, generator):
+    """``generate`` on the doubled batch (no CFG possible there): the same rows and steps as the others."""
+    vocab = ar.config.vocabulary
+    prompt = torch.cat([vocab.class_token_ids(labels), torch.full_like(labels, vocab.null_class_id)])[:, None]
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    return ar.generate(
+        input_ids=prompt.to(ar.device),
+        do_sample=True,
+        top_k=0,
+        max_new_tokens=vocab.num_generated_tokens,
+        logits_processor=LogitsProcessorList([PrologueSegmentLogitsProcessor(vocab)]),
+    )
+
+
+METHODS = {"ours": run_ours, "hf_loop": run_hf_loop, "hf_generate": run_hf_generate}
+
+
+# ------------------------------------------------------------------------------------------------ timing
+class ForwardTimer:
+    """Wall time spent inside ``ar.forward`` (pre/post hooks on the top module)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.total = 0.0
+        self._start = None
+        self._handles = [
+            module.register_forward_pre_hook(self._pre),
+            module.register_forward_hook(self._post),
+        ]
+
+    def _pre(self, *_):
+        self._start = time.perf_counter()
+
+    def _post(self, *_):
+        self.total += time.perf_counter() - self._start
+
+    def remove(self):
+        for handle in self._handles:
+            handle.remove()
+
+
+def build_ar(name: str, dtype: torch.dtype) -> PrologueARForCausalLM:
+    torch.manual_seed(0)
+    if name == "tiny":
+        ar = tiny_ar(seed=0)
+    elif name in ("B", "L", "XL", "compact"):
+        ar = PrologueARForCausalLM(PrologueARConfig.from_preset(name)).eval()
+    else:
+        raise ValueError(f"unknown config {name!r}")
+    return ar.to(dtype)
+
+
+def time_method(method, ar, batch: int, repeats: int) -> dict[str, float]:
+    labels = torch.arange(batch) % ar.config.num_classes
+    steps = ar.config.vocabulary.num_generated_tokens
+    timer = ForwardTimer(ar)
+    totals, forward_shares = [], []
+    try:
+        for repeat in range(repeats + 1):  # the first run warms up (allocator, oneDNN kernels)
+            timer.total = 0.0
+            generator = torch.Generator().manual_seed(repeat)
+            start = time.perf_counter()
+            with torch.no_grad():
+                METHODS[method](ar, labels, generator)
+            elapsed = time.perf_counter() - start
+            if repeat:
+                totals.append(elapsed)
+                forward_shares.append(timer.total / elapsed)
+    finally:
+        timer.remove()
+    best = min(totals)
+    return {
+        "seconds": best,
+        "seconds_median": statistics.median(totals),
+        "images_per_s": batch / best,
+        "ms_per_step": 1e3 * best / steps,
+        "forward_share": forward_shares[totals.index(best)],
+    }
+
+
+def profile_ours(ar, batch: int, rows: int = 25) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    labels = torch.arange(batch) % ar.config.num_classes
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=torch.Generator().manual_seed(0))
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", default=["tiny", "B"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["ours", "hf_loop", "hf_generate"])
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell after one warm-up (best kept)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of `ours` per cell")
+    parser.add_argument("--json", default=None, help="write all rows to this file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = []
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        limits = measure_machine(dtype)
+        print(
+            f"# {dtype_name}: read bandwidth {limits['read_bandwidth'] / 1e9:.1f} GB/s, "
+            f"matmul {limits['gemm_flops'] / 1e9:.0f} GFLOP/s"
+        )
+        for config_name in args.configs:
+            ar = build_ar(config_name, dtype)
+            steps = ar.config.vocabulary.num_generated_tokens
+            params = sum(p.numel() for p in ar.parameters())
+            for batch in args.batch_sizes:
+                bound = sum(step_lower_bounds(ar, 2 * batch, limits))
+                for method in args.methods:
+                    row = {
+                        "config": config_name, "params_M": params / 1e6, "dtype": dtype_name, "batch": batch,
+                        "rows": 2 * batch, "steps": steps, "method": method,
+                        **time_method(method, ar, batch, args.repeats),
+                        "bound_seconds": bound, "bound_ms_per_step": 1e3 * bound / steps,
+                        "read_bandwidth_GBs": limits["read_bandwidth"] / 1e9,
+                        "gemm_GFLOPs": limits["gemm_flops"] / 1e9,
+                    }
+                    row["x_bound"] = row["seconds"] / bound
+                    results.append(row)
+                    print(
+                        f"{config_name:>4} {dtype_name} batch {batch:>2} {method:>11}: {row['seconds']:7.2f} s "
+                        f"{row['images_per_s']:7.2f} img/s {row['ms_per_step']:7.2f} ms/step "
+                        f"(forward {100 * row['forward_share']:.0f}%) bound {row['bound_seconds']:6.2f} s "
+                        f"-> {row['x_bound']:.2f}x",
+                        flush=True,
+                    )
+                if args.profile:
+                    print(profile_ours(ar, batch))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
