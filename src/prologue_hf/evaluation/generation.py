@@ -27,6 +27,7 @@ from .features import (
     FD_EFFNET_LITE0,
     EfficientNetLite0Features,
     InceptionV3Features,
+    _require_torch_fidelity,
     extract_features,
     feature_statistics,
     frechet_distance_from_statistics,
@@ -312,6 +313,7 @@ def compute_generation_metrics(
     unknown = set(metrics) - set(ALL_METRICS)
     if unknown or not metrics:
         raise ValueError(f"metrics must be a non-empty subset of {ALL_METRICS}, got {list(metrics)}")
+    _require_torch_fidelity()
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
