@@ -169,6 +169,7 @@ def test_resume_gives_identical_losses_and_weights(tmp_path, image_dir):
 
 
 # ------------------------------------------------------------------------------------------------ optimizers
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_optimizer_groups_and_schedule(tmp_path, image_dir):
     trainer = _trainer(tmp_path, image_dir, "opt", max_steps=20, warmup_steps=4, lr_hold_steps=6, learning_rate=1e-3,
                        min_learning_rate=2e-4, ar_learning_rate=5e-4)
