@@ -231,6 +231,37 @@ def test_activation_checkpointing_changes_nothing(ids_dataset, tmp_path):
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-7)
 
 
+def test_gradient_accumulation_equals_the_large_batch(ids_dataset, tmp_path):
+    """loss_is_scaled_for_ga = False: 2 micro-batches of 4 give the step of one batch of 8 (same samples)."""
+    runs = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        trainer = PrologueARTrainer(
+            tiny_ar(seed=0),
+            training_args(tmp_path / str(batch), max_steps=3, warmup_steps=1, per_device_train_batch_size=batch,
+                          gradient_accumulation_steps=accumulation, class_dropout_prob=0.0),
+            train_dataset=ids_dataset,
+        )  # fmt: skip
+        trainer.train()
+        runs.append((trainer.state.log_history, trainer.model.lm_head.weight.detach().clone()))
+    for a, b in zip(*(r[0] for r in runs)):
+        if "loss" in a:
+            assert (a["step"], a["grad_norm"]) == (b["step"], pytest.approx(b["grad_norm"], rel=1e-5))
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    torch.testing.assert_close(runs[0][1], runs[1][1], rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_autocast_runs(ids_dataset, tmp_path):
+    trainer = PrologueARTrainer(
+        tiny_ar(seed=0), training_args(tmp_path, max_steps=2, warmup_steps=1, bf16=True), train_dataset=ids_dataset
+    )
+    trainer.train()
+    first = losses(trainer.state.log_history)[1]
+    fp32 = PrologueARTrainer(tiny_ar(seed=0), training_args(tmp_path / "fp32", max_steps=2, warmup_steps=1), train_dataset=ids_dataset)
+    fp32.train()
+    assert trainer.model.lm_head.weight.dtype == torch.float32  # fp32 master weights
+    assert first == pytest.approx(losses(fp32.state.log_history)[1], rel=2e-2) and first != losses(fp32.state.log_history)[1]
+
+
 # ------------------------------------------------------------------------------------------- refusals
 def test_refused_runs(ids_dataset, tmp_path):
     args = training_args(tmp_path)
