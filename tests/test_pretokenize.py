@@ -232,3 +232,18 @@ def test_info_checks_refuse_mismatched_ar_configs(tokenizer):
     assert json.loads(info.to_json())["format"] == "prologue-pretokenized"
     with pytest.raises(ValueError, match="not a prologue-pretokenized record"):
         PretokenizedInfo.from_json(json.dumps({"format": "other"}))
+
+
+def test_2d_baseline_tokenizer_without_prologue(image_folder, tmp_path):
+    from prologue_hf.training.trainer_ar import PrologueARDataCollator
+
+    tokenizer = tiny_tokenizer(seed=0, num_prologue_tokens=0)
+    ds = run(tokenizer, load_image_dataset(str(image_folder)), tmp_path / "ids", crops="center", hflip=False)
+    info = PretokenizedInfo.from_dataset(ds)
+    assert (info.num_prologue_tokens, info.prologue_vocab_size, len(ds)) == (0, 0, 9)
+    assert ds[0]["prologue_ids"].shape == (0,) and ds[0]["visual_ids"].shape == (16,)
+    config = tiny_ar_config(tokenizer.config, num_classes=3, **{"tokenizer_identity": info.tokenizer_identity})
+    info.check_ar_config(config)
+    batch = PrologueARDataCollator(config.vocabulary)([ds[i] for i in range(4)])
+    assert "prologue_ids" not in batch
+    assert config.vocabulary.build_sequence(batch["class_labels"], batch["visual_ids"]).shape == (4, 17)

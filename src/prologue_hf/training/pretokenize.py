@@ -345,9 +345,11 @@ class PretokenizeConfig:
 
 def output_features(info: PretokenizedInfo, label_feature: datasets.features.FeatureType | None = None) -> datasets.Features:
     """The ``datasets.Features`` of a pretokenized dataset (fixed-length integer lists; see the module docstring)."""
+    # arrow has no fixed-size list of length 0: the 2D baseline (K = 0) stores empty variable-length lists
+    prologue_length = info.num_prologue_tokens or -1
     return datasets.Features(
         {
-            "prologue_ids": datasets.List(datasets.Value(info.ids_dtype), length=info.num_prologue_tokens),
+            "prologue_ids": datasets.List(datasets.Value(info.ids_dtype), length=prologue_length),
             "visual_ids": datasets.List(datasets.Value(info.ids_dtype), length=info.num_visual_tokens),
             "label": label_feature if isinstance(label_feature, datasets.ClassLabel) else datasets.Value("int32"),
             "crop_index": datasets.Value("int8"),
