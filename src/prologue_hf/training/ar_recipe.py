@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import set_seed
+from transformers import AutoModel, set_seed
 from transformers.utils import logging
 
-from ..models import AR_PRESETS, PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
+from ..models import AR_PRESETS, PrologueARConfig, PrologueARForCausalLM
 from .cli import parse_config_and_args
 from .pretokenize import PretokenizedInfo, load_pretokenized_dataset
 from .trainer_ar import PrologueARSampleGridCallback, PrologueARTrainer, PrologueARTrainingArguments
@@ -125,7 +125,7 @@ def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTr
     tokenizer = None
     callbacks = []
     if script_args.tokenizer_name_or_path:
-        tokenizer = PrologueTokenizerModel.from_pretrained(script_args.tokenizer_name_or_path)
+        tokenizer = AutoModel.from_pretrained(script_args.tokenizer_name_or_path)  # Prologue or Prologue-Post
         if training_args.sample_steps:
             labels = [int(x) for x in script_args.sample_class_labels.split(",") if x.strip()]
             kept = [label for label in labels if 0 <= label < config.num_classes]

@@ -40,6 +40,7 @@ import numpy as np
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModel
 from transformers.utils import logging
 
 from ..models import PrologueARConfig, PrologueTokenizerConfig, PrologueTokenizerModel
@@ -62,6 +63,9 @@ _VOLATILE_CONFIG_KEYS = {
     "_commit_hash",
     "_attn_implementation_autoset",
     "auto_map",
+    # Prologue-Post: where the frozen tokenizer was loaded from is bookkeeping (its weights are hashed below).
+    "visual_tokenizer_name_or_path",
+    "visual_tokenizer_subfolder",
 }
 
 
@@ -743,7 +747,7 @@ def run_pretokenize(args: PretokenizeScriptArguments, config: PretokenizeConfig)
     from accelerate import PartialState
 
     state = PartialState()
-    tokenizer = PrologueTokenizerModel.from_pretrained(args.tokenizer_name_or_path)
+    tokenizer = AutoModel.from_pretrained(args.tokenizer_name_or_path)  # a Prologue or a Prologue-Post tokenizer
     identity = tokenizer_identity(tokenizer)  # of the weights as saved, whatever dtype they then run in
     with state.main_process_first():  # one process downloads / prepares, the others read the cache
         images = load_image_dataset(
