@@ -6,21 +6,13 @@
 Flags after --config override the YAML. See docs/training.md for every option.
 """
 
-from transformers import set_seed
-
 from prologue_hf.training.cli import parse_config_and_args
-from prologue_hf.training.data import (
-    ImageDataArguments,
-    ImageTrainingCollator,
-    ImageTransform,
-    load_training_images,
-)
+from prologue_hf.training.data import ImageDataArguments
 from prologue_hf.training.losses import PrologueStage1LossConfig
 from prologue_hf.training.trainer_tokenizer import (
     PrologueStage1ModelArguments,
-    PrologueTokenizerTrainer,
     PrologueTokenizerTrainingArguments,
-    build_stage1_model,
+    train_tokenizer,
 )
 
 
@@ -29,22 +21,7 @@ def main(argv=None):
         (PrologueStage1ModelArguments, ImageDataArguments, PrologueStage1LossConfig, PrologueTokenizerTrainingArguments),
         argv,
     )
-    with training_args.main_process_first(desc="loading the dataset"):
-        dataset = load_training_images(data_args, seed=training_args.seed)
-    set_seed(training_args.seed)
-    model = build_stage1_model(model_args, loss_config)
-    transform = ImageTransform(model.tokenizer.config.image_size, data_args.random_crop, data_args.hflip)
-    trainer = PrologueTokenizerTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=ImageTrainingCollator(transform, seed=training_args.data_seed or training_args.seed),
-    )
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
-    trainer.save_model()
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    train_tokenizer(model_args, data_args, loss_config, training_args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .trainer_tokenizer import (
     build_stage1_model,
     load_stage1_components,
     save_stage1_components,
+    train_tokenizer,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "routed_ar_loss",
     "save_stage1_components",
     "to_rgb",
+    "train_tokenizer",
     "visual_prob_ste",
     "yaml_to_argv",
 ]

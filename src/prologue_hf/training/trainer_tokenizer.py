@@ -498,7 +498,43 @@ class PrologueTokenizerTrainer(Trainer):
             handle.write("\n".join(lines) + "\n")
 
 
+def train_tokenizer(
+    model_args: PrologueStage1ModelArguments,
+    data_args,
+    loss_config: PrologueStage1LossConfig,
+    training_args: PrologueTokenizerTrainingArguments,
+) -> PrologueTokenizerTrainer:
+    """Run stage 1 end to end (what ``examples/train_tokenizer.py`` does): load the images, build the models, train
+    (resuming when ``training_args.resume_from_checkpoint`` is a path or ``"last"``), save, optionally push.
+
+    ``data_args`` is an :class:`~prologue_hf.training.data.ImageDataArguments`. Returns the trainer (its
+    ``state.log_history`` holds every logged loss term).
+    """
+    from transformers import set_seed
+
+    from .data import ImageTrainingCollator, ImageTransform, load_training_images
+
+    with training_args.main_process_first(desc="loading the dataset"):
+        dataset = load_training_images(data_args, seed=training_args.seed)
+    set_seed(training_args.seed)
+    model = build_stage1_model(model_args, loss_config)
+    transform = ImageTransform(model.tokenizer.config.image_size, data_args.random_crop, data_args.hflip)
+    trainer = PrologueTokenizerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=ImageTrainingCollator(transform, seed=training_args.data_seed or training_args.seed),
+    )
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    trainer.save_model()
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    return trainer
+
+
 __all__ = [
+    "train_tokenizer",
     "PrologueTokenizerTrainer",
     "PrologueTokenizerTrainingArguments",
     "PrologueStage1ModelArguments",

@@ -1,0 +1,425 @@
+"""The embedded end-to-end run behind ``make demo`` (and the CPU mini-replication).
+
+Stage 1 (tokenizer + compact AR, routed loss) -> pretokenize -> stage 2 (AR) -> ``ProloguePipeline`` ->
+sample grid, reconstruction grid, loss curves and a ``report.md``, all on the embedded Fashion-MNIST subset and all
+through the same library calls as the ImageNet scripts (``train_tokenizer``, ``pretokenize_dataset``, ``train_ar``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    """Sizes and budgets of the demo (defaults: a few minutes on 2 CPU cores).
+
+    Attributes:
+        output_dir: where everything is written.
+        train_per_class / test_per_class: Fashion-MNIST images per class (the embedded subset has 1000 / 300).
+        num_prologue_tokens: K; 0 trains the 2D baseline through the same code path.
+        stage1_steps / stage2_steps: optimizer steps of each stage.
+        fd_images: images per set for the Fréchet distance on EfficientNet-Lite0 features (0 skips it).
+        samples_per_class: columns of the sample grid.
+        data_source: ``"embedded"`` or ``"system"`` (Debian's full Fashion-MNIST).
+    """
+
+    output_dir: str = "demo_out"
+    seed: int = 0
+    data_source: str = "embedded"
+    train_per_class: int = 600
+    test_per_class: int = 100
+    image_size: int = 32
+    patch_size: int = 4
+    num_prologue_tokens: int = 4
+    visual_codebook_size: int = 256
+    prologue_codebook_size: int = 64
+    codebook_dim: int = 8
+    tokenizer_width: int = 64
+    tokenizer_layers: int = 2
+    compact_ar_width: int = 64
+    compact_ar_layers: int = 2
+    ar_width: int = 128
+    ar_layers: int = 4
+    ar_heads: int = 4
+    stage1_steps: int = 500
+    stage1_batch_size: int = 32
+    stage1_learning_rate: float = 2e-3
+    ar_weight: float = 3.0
+    visual_dropout: float = 0.5
+    gan_weight: float = 0.0
+    stage2_steps: int = 800
+    stage2_batch_size: int = 64
+    stage2_learning_rate: float = 2e-3
+    samples_per_class: int = 8
+    fd_images: int = 300
+    sampling: dict = field(default_factory=lambda: {"temperature": 1.0})
+
+    @classmethod
+    def full(cls, **overrides) -> DemoConfig:
+        """The longer replication-scale run (``--full``): all embedded images, wider models, 5x the steps."""
+        values = dict(
+            train_per_class=1000,
+            test_per_class=300,
+            tokenizer_width=96,
+            tokenizer_layers=4,
+            ar_width=192,
+            ar_layers=6,
+            ar_heads=6,
+            stage1_steps=3000,
+            stage2_steps=4000,
+            fd_images=1000,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+def _stage1(config: DemoConfig, train_dir: str, out: str):
+    from .training.data import ImageDataArguments
+    from .training.losses import PrologueStage1LossConfig
+    from .training.trainer_tokenizer import (
+        PrologueStage1ModelArguments,
+        PrologueTokenizerTrainingArguments,
+        train_tokenizer,
+    )
+
+    heads = max(1, config.tokenizer_width // 16)
+    head_dim = config.tokenizer_width // heads
+    axes = [head_dim // 4 // 2 * 2, head_dim // 4 // 2 * 2]
+    axes.append(head_dim - sum(axes))
+    tokenizer_overrides = dict(
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        hidden_size=config.tokenizer_width,
+        num_hidden_layers=config.tokenizer_layers,
+        num_attention_heads=heads,
+        decoder_hidden_size=config.tokenizer_width,
+        decoder_num_hidden_layers=config.tokenizer_layers,
+        decoder_num_attention_heads=heads,
+        rope_axes_dim=axes,
+        visual_codebook_size=config.visual_codebook_size,
+        prologue_codebook_size=config.prologue_codebook_size,
+        num_prologue_tokens=config.num_prologue_tokens,
+        codebook_dim=config.codebook_dim,
+        # 1e-5 (the official init) makes a few hundred steps too short to leave the identity; see docs/results.md
+        layer_scale_init=0.1,
+    )
+    ar_heads = max(1, config.compact_ar_width // 16)
+    model_args = PrologueStage1ModelArguments(
+        tokenizer_overrides=json.dumps(tokenizer_overrides),
+        compact_ar_preset="compact",
+        compact_ar_overrides=json.dumps(
+            dict(
+                hidden_size=config.compact_ar_width,
+                num_hidden_layers=config.compact_ar_layers,
+                num_attention_heads=ar_heads,
+                tie_word_embeddings=False,
+            )
+        ),
+        num_classes=10,
+    )
+    loss_config = PrologueStage1LossConfig(
+        perceptual_loss="none",  # no pretrained VGG offline: switched off explicitly, never random
+        gan_weight=config.gan_weight,
+        ar_weight=config.ar_weight,
+        visual_dropout=config.visual_dropout,
+    )
+    data_args = ImageDataArguments(train_data=train_dir, random_crop=False, hflip=True)
+    training_args = PrologueTokenizerTrainingArguments(
+        output_dir=out,
+        max_steps=config.stage1_steps,
+        per_device_train_batch_size=config.stage1_batch_size,
+        learning_rate=config.stage1_learning_rate,
+        min_learning_rate=config.stage1_learning_rate / 10,
+        warmup_steps=max(1, config.stage1_steps // 20),
+        max_grad_norm=1.0,
+        ema_halflife_steps=max(1.0, config.stage1_steps / 20),
+        logging_steps=max(1, config.stage1_steps // 50),
+        save_strategy="no",
+        reconstruction_grid_steps=0,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        report_to="none",
+        seed=config.seed,
+        disable_tqdm=False,
+    )
+    return train_tokenizer(model_args, data_args, loss_config, training_args)
+
+
+def _stage2(config: DemoConfig, tokens_dir: str, tokenizer_dir: str, out: str):
+    from .training.ar_recipe import PrologueARScriptArguments, train_ar
+    from .training.trainer_ar import PrologueARTrainingArguments
+
+    script_args = PrologueARScriptArguments(
+        dataset_name_or_path=tokens_dir,
+        hidden_size=config.ar_width,
+        num_hidden_layers=config.ar_layers,
+        num_attention_heads=config.ar_heads,
+        hidden_dropout=0.1,
+        embedding_dropout=0.1,
+        tokenizer_name_or_path=tokenizer_dir,
+        sample_class_labels=",".join(str(c) for c in range(10)),
+    )
+    training_args = PrologueARTrainingArguments(
+        output_dir=out,
+        max_steps=config.stage2_steps,
+        per_device_train_batch_size=config.stage2_batch_size,
+        learning_rate=config.stage2_learning_rate,
+        min_learning_rate=config.stage2_learning_rate / 20,
+        lr_scheduler_type="linear",
+        warmup_steps=max(1, config.stage2_steps // 20),
+        logging_steps=max(1, config.stage2_steps // 50),
+        save_strategy="no",
+        sample_steps=0,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=config.seed,
+        disable_tqdm=False,
+    )
+    return train_ar(script_args, training_args)
+
+
+def _grid(images: np.ndarray, rows: int) -> np.ndarray:
+    """``[N, H, W, C]`` uint8 -> one ``[rows*H, cols*W, C]`` image with 2px gaps."""
+    n, h, w, c = images.shape
+    cols = math.ceil(n / rows)
+    canvas = np.full((rows * (h + 2), cols * (w + 2), c), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, cols)
+        canvas[r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = image
+    return canvas
+
+
+def _save_png(array: np.ndarray, path: str, scale: int = 2) -> None:
+    import PIL.Image
+
+    image = PIL.Image.fromarray(array)
+    image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST).save(path)
+
+
+def _loss_curves(stage1_history: list[dict], stage2_history: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key in sorted({k for row in stage1_history for k in row}):
+        points = [(row["step"], row[key]) for row in stage1_history if key in row and "step" in row]
+        if key.startswith(("loss_l1", "loss_ar", "loss_vq", "ar_ce")) or key in ("l1", "ar_ce", "loss"):
+            if points:
+                axes[0].plot(*zip(*points), label=key)
+    axes[0].set_title("stage 1 (tokenizer + compact AR)")
+    axes[0].set_xlabel("step")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    for key in ("loss", "prologue_loss", "visual_loss", "loss_prologue", "loss_visual"):
+        points = [(row["step"], row[key]) for row in stage2_history if key in row and "step" in row]
+        if points:
+            axes[1].plot(*zip(*points), label=key)
+    axes[1].set_title("stage 2 (AR)")
+    axes[1].set_xlabel("step")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _history(trainer) -> list[dict]:
+    return [dict(row) for row in trainer.state.log_history]
+
+
+@torch.no_grad()
+def _visual_nll_bits(ar, tokens, batch_size: int = 256) -> dict[str, float]:
+    """Teacher-forced CE (bits/token) of the AR on pretokenized rows, per segment, with the true labels."""
+    vocab = ar.vocabulary
+    totals = {"prologue": 0.0, "visual": 0.0}
+    counts = {"prologue": 0, "visual": 0}
+    for start in range(0, len(tokens), batch_size):
+        rows = tokens[start : start + batch_size]
+        visual = torch.as_tensor(np.asarray(rows["visual_ids"]), dtype=torch.long)
+        prologue = (
+            torch.as_tensor(np.asarray(rows["prologue_ids"]), dtype=torch.long) if vocab.has_prologue else None
+        )
+        ids = vocab.build_sequence(torch.as_tensor(rows["label"]), visual, prologue)
+        logits = ar(ids[:, :-1]).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # [B, T]
+        segments = vocab.segment_ids()
+        for name, seg in (("prologue", 0), ("visual", 2)):
+            chosen = nll[:, segments == seg]
+            totals[name] += float(chosen.sum())
+            counts[name] += chosen.numel()
+    return {f"{k}_bits_per_token": totals[k] / counts[k] / math.log(2) for k in totals if counts[k]}
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run the whole demo; returns the report values (also written to ``output_dir/report.json`` and ``report.md``)."""
+    from .data import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from .models import PrologueARForCausalLM, PrologueTokenizerModel
+    from .pipelines import ProloguePipeline, SamplingParams
+    from .training.data import load_image_dataset
+    from .training.pretokenize import PretokenizeConfig, load_pretokenized_dataset, pretokenize_dataset
+
+    start = time.time()
+    out = os.path.abspath(config.output_dir)
+    os.makedirs(out, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    # 1. data, through the same `datasets` path as ImageNet runs (save_to_disk folders)
+    train_dir, test_dir = os.path.join(out, "data", "train"), os.path.join(out, "data", "test")
+    load_fashion_mnist("train", config.image_size, config.data_source, config.train_per_class).save_to_disk(train_dir)
+    test_set = load_fashion_mnist("test", config.image_size, config.data_source, config.test_per_class)
+    test_set.save_to_disk(test_dir)
+    timings["data"] = time.time() - start
+
+    # 2. stage 1: tokenizer + compact AR with the routed loss
+    t = time.time()
+    stage1 = _stage1(config, train_dir, os.path.join(out, "stage1"))
+    tokenizer_dir = os.path.join(out, "stage1", "tokenizer")
+    tokenizer = PrologueTokenizerModel.from_pretrained(tokenizer_dir)
+    timings["stage1"] = time.time() - t
+
+    # 3. pretokenize train and test (centre view + mirror: the images are already centred)
+    t = time.time()
+    tokens = {}
+    for split, folder in (("train", train_dir), ("test", test_dir)):
+        tokens_dir = os.path.join(out, "tokens", split)
+        pretokenize_dataset(
+            tokenizer,
+            load_image_dataset(folder),
+            PretokenizeConfig(output_dir=tokens_dir, crops="center", crop_range=1.0, hflip=split == "train", overwrite=True),
+            tokenizer_name_or_path=tokenizer_dir,
+            process_index=0,
+            num_processes=1,
+        )
+        tokens[split] = load_pretokenized_dataset(tokens_dir)
+    timings["pretokenize"] = time.time() - t
+
+    # 4. stage 2: the AR on the frozen tokenizer's ids
+    t = time.time()
+    stage2 = _stage2(config, os.path.join(out, "tokens", "train"), tokenizer_dir, os.path.join(out, "stage2"))
+    ar = PrologueARForCausalLM.from_pretrained(os.path.join(out, "stage2"))
+    timings["stage2"] = time.time() - t
+
+    # 5. the pipeline folder users load with ProloguePipeline.from_pretrained
+    t = time.time()
+    id2label = dict(enumerate(FASHION_MNIST_CLASSES))
+    sampling = SamplingParams(**config.sampling)
+    pipe = ProloguePipeline(tokenizer=tokenizer, ar=ar, id2label=id2label, default_sampling=sampling)
+    pipe.save_pretrained(os.path.join(out, "pipeline"))
+    pipe.set_progress_bar_config(disable=True)
+
+    # 6. sample grid: one row per class, plus one row with the first sample's prologue held fixed (paper Fig. 1)
+    generator = torch.Generator().manual_seed(config.seed)
+    labels = list(range(10))
+    samples = pipe(labels, num_images_per_label=config.samples_per_class, generator=generator, output_type="uint8", return_ids=True)
+    images = samples.images.permute(0, 2, 3, 1).numpy()
+    rows = [images]
+    if tokenizer.config.num_prologue_tokens:
+        fixed = samples.prologue_ids[:1]
+        fixed_row = pipe([0], num_images_per_label=config.samples_per_class, prologue_ids=fixed, generator=generator, output_type="uint8")
+        rows.append(fixed_row.images.permute(0, 2, 3, 1).numpy())
+    _save_png(_grid(np.concatenate(rows), rows=10 + (len(rows) - 1)), os.path.join(out, "samples.png"), scale=3)
+
+    # 7. reconstruction grid and codebook usage on the test set
+    test_pixels = PrologueTokenizerModel.preprocess([test_set[i]["image"] for i in range(len(test_set))])
+    with torch.no_grad():
+        encoded = [tokenizer.encode(chunk) for chunk in test_pixels.split(256)]
+        visual_ids = torch.cat([e.visual_ids for e in encoded])
+        recon = torch.cat([tokenizer.decode(e.visual_ids).pixel_values for e in encoded])
+    recon_uint8 = PrologueTokenizerModel.postprocess(recon, "uint8")
+    test_uint8 = PrologueTokenizerModel.postprocess(test_pixels, "uint8")
+    show = torch.cat([test_uint8[:16], recon_uint8[:16]]).permute(0, 2, 3, 1).numpy()
+    _save_png(_grid(show, rows=2), os.path.join(out, "reconstructions.png"), scale=3)
+    mse = ((recon.clamp(-1, 1) - test_pixels) / 2).pow(2).flatten(1).mean(1)
+    report = {
+        "config": asdict(config),
+        "reconstruction_l1": float((recon.clamp(-1, 1) - test_pixels).abs().mean() / 2),
+        "reconstruction_psnr_db": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()),
+        "visual_codebook": tokenizer.codebook_usage(visual_ids, "visual"),
+    }
+    if tokenizer.config.num_prologue_tokens:
+        prologue_ids = torch.cat([e.prologue_ids for e in encoded])
+        report["prologue_codebook"] = tokenizer.codebook_usage(prologue_ids, "prologue")
+    report["test_nll"] = _visual_nll_bits(ar.eval(), tokens["test"])
+
+    # 8. Fréchet distance on the offline EfficientNet-Lite0 features (never called FID)
+    if config.fd_images:
+        from .evaluation import EfficientNetLite0Features, extract_features, frechet_distance
+
+        n = min(config.fd_images, len(test_set))
+        per_class = max(1, n // 10)
+        fd_samples = pipe(labels, num_images_per_label=per_class, generator=torch.Generator().manual_seed(config.seed + 1), output_type="uint8").images
+        extractor = EfficientNetLite0Features().eval()
+        real = extract_features(extractor, test_uint8[: per_class * 10].split(64), desc="test features")["features"]
+        fake = extract_features(extractor, fd_samples.split(64), desc="sample features")["features"]
+        report["fd_effnet_lite0"] = {"value": frechet_distance(real, fake), "images_per_set": int(per_class * 10)}
+    timings["evaluate"] = time.time() - t
+
+    # 9. curves and report
+    stage1_history, stage2_history = _history(stage1), _history(stage2)
+    _loss_curves(stage1_history, stage2_history, os.path.join(out, "loss_curves.png"))
+    report["stage1_last_log"] = next((row for row in reversed(stage1_history) if "loss" in row), {})
+    report["stage2_last_log"] = next((row for row in reversed(stage2_history) if "loss" in row), {})
+    timings["total"] = time.time() - start
+    report["timings_s"] = timings
+    with open(os.path.join(out, "report.json"), "w") as handle:
+        json.dump(report, handle, indent=2, default=float)
+    with open(os.path.join(out, "report.md"), "w") as handle:
+        handle.write(_report_markdown(report))
+    return report
+
+
+def _report_markdown(report: dict) -> str:
+    config = report["config"]
+    lines = [
+        "# prologue-hf demo report",
+        "",
+        f"Fashion-MNIST ({config['data_source']}, {config['train_per_class']} train / {config['test_per_class']} test "
+        f"images per class), {config['image_size']}px, patch {config['patch_size']}, K={config['num_prologue_tokens']} "
+        f"prologue tokens. Stage 1: {config['stage1_steps']} steps; stage 2: {config['stage2_steps']} steps.",
+        "",
+        "![samples](samples.png)",
+        "",
+        "Rows: one class each (0-9); the last row holds the first sample's prologue fixed and resamples the visual "
+        "tokens (paper Fig. 1).",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| reconstruction L1 (test, [0,1] scale) | {report['reconstruction_l1']:.4f} |",
+        f"| reconstruction PSNR (test) | {report['reconstruction_psnr_db']:.2f} dB |",
+        f"| visual codebook usage / perplexity | {report['visual_codebook']['usage']:.3f} / {report['visual_codebook']['perplexity']:.1f} |",
+    ]
+    if "prologue_codebook" in report:
+        lines.append(
+            f"| prologue codebook usage / perplexity | {report['prologue_codebook']['usage']:.3f} / "
+            f"{report['prologue_codebook']['perplexity']:.1f} |"
+        )
+    for key, value in report["test_nll"].items():
+        lines.append(f"| AR test NLL, {key.replace('_', ' ')} | {value:.3f} |")
+    if "fd_effnet_lite0" in report:
+        fd = report["fd_effnet_lite0"]
+        lines.append(
+            f"| Fréchet distance on EfficientNet-Lite0 features (samples vs test, {fd['images_per_set']} each; not FID) "
+            f"| {fd['value']:.2f} |"
+        )
+    for stage in ("stage1_last_log", "stage2_last_log"):
+        row = report.get(stage) or {}
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and not k.endswith("rate"))
+        lines.append(f"| {stage.replace('_', ' ')} | {shown} |")
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in report["timings_s"].items())
+    lines += ["", f"Wall time: {timings}.", "", "![reconstructions](reconstructions.png)", "", "![loss curves](loss_curves.png)", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["DemoConfig", "run_demo"]
