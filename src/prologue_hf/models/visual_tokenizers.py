@@ -512,7 +512,36 @@ class JanusVQVAEAdapter(VisualTokenizerAdapter):
         return self.model.decode(visual_ids)
 
 
-class Emu3VQVAEAdapter(VisualTokenizerAdapter):
+class _ChannelMultiplierGridAdapter(VisualTokenizerAdapter):
+    """Geometry of the transformers VQ-GANs (Emu3, Chameleon) whose grid side is ``image_size`` over the product of
+    their down-sampling stages (``channel_multiplier``) and whose features have ``latent_channels`` channels."""
+
+    codebook_size_key: ClassVar[str] = "codebook_size"
+
+    def _check_geometry(self) -> None:
+        super()._check_geometry()
+        ds = _downsample(self.model.config.channel_multiplier)
+        if self.image_size % ds:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of the {type(self.model).__name__} "
+                f"downsampling factor {ds}"
+            )
+
+    @property
+    def codebook_size(self) -> int:
+        return int(getattr(self.model.config, self.codebook_size_key))
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        side = self.image_size // _downsample(self.model.config.channel_multiplier)
+        return (side, side)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.config.latent_channels)
+
+
+class Emu3VQVAEAdapter(_ChannelMultiplierGridAdapter):
     """``transformers.Emu3VQVAE`` (the Emu3 image/video tokenizer) on single images.
 
     Verified on transformers 5.24: ``encode(x, image_sizes=[[S, S]] * B)`` repeats an image
@@ -527,25 +556,6 @@ class Emu3VQVAEAdapter(VisualTokenizerAdapter):
     model_class_path = "transformers.Emu3VQVAE"
     config_marker = "emu3_vqgan"
 
-    def _check_geometry(self) -> None:
-        super()._check_geometry()
-        ds = _downsample(self.model.config.channel_multiplier)
-        if self.image_size % ds:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of the Emu3VQVAE downsampling factor {ds}")
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.model.config.codebook_size)
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        side = self.image_size // _downsample(self.model.config.channel_multiplier)
-        return (side, side)
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.model.config.latent_channels)
-
     def _tokenize(self, model_pixels):
         batch, _, height, width = model_pixels.shape
         sizes = torch.tensor([[height, width]] * batch, device=model_pixels.device)
@@ -559,7 +569,7 @@ class Emu3VQVAEAdapter(VisualTokenizerAdapter):
         return self.model.decode(visual_ids.reshape(-1, h, w))
 
 
-class ChameleonVQVAEAdapter(VisualTokenizerAdapter):
+class ChameleonVQVAEAdapter(_ChannelMultiplierGridAdapter):
     """``transformers.ChameleonVQVAE``: encode-only in transformers (no decoder weights or module).
 
     Training a Prologue-Post prologue and compact AR on it works (``tokenize`` / ``encode`` / ``features``), and so
@@ -574,30 +584,10 @@ class ChameleonVQVAEAdapter(VisualTokenizerAdapter):
     config_marker = "chameleon_vqgan"
     default_input_range = (-1.0, 255 * 0.0078 - 1.0)
     can_decode = False
+    codebook_size_key = "num_embeddings"
 
     def _default_image_size(self) -> int:
         return int(self.model.config.resolution)
-
-    def _check_geometry(self) -> None:
-        super()._check_geometry()
-        ds = _downsample(self.model.config.channel_multiplier)
-        if self.image_size % ds:
-            raise ValueError(
-                f"image_size ({self.image_size}) must be a multiple of the ChameleonVQVAE downsampling factor {ds}"
-            )
-
-    @property
-    def codebook_size(self) -> int:
-        return int(self.model.config.num_embeddings)
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        side = self.image_size // _downsample(self.model.config.channel_multiplier)
-        return (side, side)
-
-    @property
-    def feature_dim(self) -> int:
-        return int(self.model.config.latent_channels)
 
     def _tokenize(self, model_pixels):
         out = self.model.encode(model_pixels)
