@@ -259,9 +259,10 @@ def plot_results(summary: dict, runs: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     keys = ["visual_bits_per_token", "sequence_bits_per_image", "fd_no_cfg", "fd_best_cfg", "probe_top1",
-            "reconstruction_psnr_db"]
+            "probe_hidden_top1", "reconstruction_psnr_db"]
     variants = list(summary)
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(3.0 * (len(keys) + 1), 3.2))
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
+    axes = axes.ravel()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(axes, keys):
         for i, variant in enumerate(variants):
@@ -272,7 +273,7 @@ def plot_results(summary: dict, runs: list[dict], path: str) -> None:
             ax.scatter([i] * len(stats["values"]), stats["values"], color="k", s=10, zorder=3)
         label, better = METRICS[key]
         ax.set_title(f"{label}\n({better} is better)", fontsize=8)
-        ax.set_xticks(range(len(variants)), variants, rotation=30, fontsize=7)
+        ax.set_xticks(range(len(variants)), variants, rotation=20, fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     ax = axes[-1]
     for i, variant in enumerate(variants):
