@@ -1,0 +1,56 @@
+"""The `make demo` path on a miniature config (same code, tiny budget), offline."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import torch
+
+from prologue_hf.demo import DemoConfig, run_demo
+
+
+def test_demo_end_to_end_miniature(tmp_path):
+    config = DemoConfig(
+        output_dir=str(tmp_path / "demo"),
+        train_per_class=6,
+        test_per_class=2,
+        stage1_steps=4,
+        stage1_batch_size=8,
+        stage2_steps=4,
+        stage2_batch_size=8,
+        samples_per_class=2,
+        fd_images=20,
+    )
+    report = run_demo(config)
+    out = tmp_path / "demo"
+    for name in ("samples.png", "reconstructions.png", "loss_curves.png", "report.md", "report.json"):
+        assert (out / name).is_file(), name
+    # 10 class rows + 1 fixed-prologue row of 2 samples, 32px cells with 2px gaps, scaled x3
+    assert PIL.Image.open(out / "samples.png").size == (2 * 34 * 3, 11 * 34 * 3)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["config"]["stage1_steps"] == 4
+    for value in (report["reconstruction_l1"], report["reconstruction_psnr_db"], report["fd_effnet_lite0"]["value"]):
+        assert math.isfinite(value)
+    assert 0 < report["visual_codebook"]["usage"] <= 1 and 0 < report["prologue_codebook"]["usage"] <= 1
+    assert set(report["test_nll"]) == {"prologue_bits_per_token", "visual_bits_per_token"}
+    assert "Fréchet distance on EfficientNet-Lite0" in (out / "report.md").read_text()
+
+    # the saved pipeline reloads in a fresh process with nothing but the package and gives the same images
+    script = (
+        "import sys, torch, numpy as np\n"
+        "from prologue_hf import ProloguePipeline\n"
+        "pipe = ProloguePipeline.from_pretrained(sys.argv[1])\n"
+        "img = pipe([3, 5], generator=torch.Generator().manual_seed(7), output_type='np').images\n"
+        "np.save(sys.argv[2], img)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", script, str(out / "pipeline"), str(tmp_path / "a.npy")], check=True, env=env)
+    from prologue_hf import ProloguePipeline
+
+    pipe = ProloguePipeline.from_pretrained(out / "pipeline")
+    here = pipe([3, 5], generator=torch.Generator().manual_seed(7), output_type="np").images
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), here)
