@@ -345,12 +345,6 @@ def test_pretokenize_on_top_of_prologue_post(tmp_path):
     info.check_ar_config(tiny_ar_config(post.config, num_classes=3))
 
 
-@pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="ProloguePipeline.__init__ accepts only PrologueTokenizerModel; needs the one-line generalisation "
-    "described in the issue-7 report (accept ProloguePostModel too)",
-)
 @pytest.mark.parametrize("name", ["diffusers_vqmodel", "janus_vqvae", "emu3_vqvae"])
 def test_pipeline_decodes_through_the_frozen_tokenizer(name):
     from prologue_hf.pipelines import ProloguePipeline
@@ -365,3 +359,16 @@ def test_pipeline_decodes_through_the_frozen_tokenizer(name):
     x = _images(16)
     ids = pipe.tokenizer.encode(x).visual_ids
     assert torch.equal(pipe.tokenizer.decode(ids).pixel_values, post.visual_tokenizer.decode(post.visual_tokenizer.encode(x)))
+
+
+def test_post_pipeline_save_and_reload(tmp_path):
+    from prologue_hf.pipelines import ProloguePipeline
+
+    post = tiny_post_model("diffusers_vqmodel")
+    pipe = ProloguePipeline(tokenizer=post, ar=tiny_ar(post.config))
+    pipe.save_pretrained(tmp_path)
+    reloaded = ProloguePipeline.from_pretrained(tmp_path)
+    assert type(reloaded.tokenizer).__name__ == "ProloguePostModel"
+    a = pipe([0, 1], generator=torch.Generator().manual_seed(3), output_type="pt").images
+    b = reloaded([0, 1], generator=torch.Generator().manual_seed(3), output_type="pt").images
+    assert torch.equal(a, b)

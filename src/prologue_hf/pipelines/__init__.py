@@ -5,6 +5,7 @@
 from transformers import PreTrainedModel
 
 from ..models import PrologueARForCausalLM, PrologueTokenizerModel
+from ..models.modeling_prologue_post import ProloguePostModel
 from .imagenet_labels import IMAGENET_CLASS_NAMES, imagenet_id2label
 from .pipeline_prologue import ProloguePipeline, ProloguePipelineOutput, prologue_model_card
 from .sampling import (
@@ -27,6 +28,7 @@ __all__ = [
     "PrologueSegmentLogitsProcessor",
     "ProloguePipeline",
     "ProloguePipelineOutput",
+    "ProloguePostModel",
     "PrologueTokenizerModel",
     "SamplerOutput",
     "SamplingParams",

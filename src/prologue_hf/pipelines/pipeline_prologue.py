@@ -1,7 +1,7 @@
 """ProloguePipeline: class labels -> images with a Prologue AR and its tokenizer (a diffusers ``DiffusionPipeline``).
 
-Components by role, as diffusers' DiT pipeline: ``tokenizer`` (:class:`~prologue_hf.PrologueTokenizerModel`, decodes
-visual ids) and ``ar`` (:class:`~prologue_hf.PrologueARForCausalLM`, samples ids through
+Components by role, as diffusers' DiT pipeline: ``tokenizer`` (:class:`~prologue_hf.PrologueTokenizerModel`, or a
+:class:`~prologue_hf.ProloguePostModel` that decodes through its frozen visual tokenizer; decodes visual ids) and ``ar`` (:class:`~prologue_hf.PrologueARForCausalLM`, samples ids through
 :func:`~prologue_hf.pipelines.sampling.generate_ids`). ``model_index.json`` names both components under the library
 ``prologue_hf.pipelines`` so that ``ProloguePipeline.from_pretrained(folder_or_repo)`` reloads them. diffusers imports
 nothing itself: it resolves a component's library from ``sys.modules`` and needs that module to expose the class and
@@ -24,6 +24,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 from transformers.utils import logging
 
 from ..models import PrologueARForCausalLM, PrologueTokenizerModel
+from ..models.modeling_prologue_post import ProloguePostModel
 from .imagenet_labels import imagenet_id2label
 from .sampling import SamplingParams, generate_ids
 
@@ -93,7 +94,7 @@ class ProloguePipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        tokenizer: PrologueTokenizerModel,
+        tokenizer: PrologueTokenizerModel | ProloguePostModel,
         ar: PrologueARForCausalLM,
         id2label: dict | None = None,
         default_sampling: str | dict | SamplingParams | None = None,
@@ -101,8 +102,11 @@ class ProloguePipeline(DiffusionPipeline):
         super().__init__()
         from .. import check_compatible  # deferred: the package __init__ may import this module
 
-        if not isinstance(tokenizer, PrologueTokenizerModel):
-            raise ValueError(f"tokenizer must be a PrologueTokenizerModel, got {type(tokenizer).__name__}")
+        if not isinstance(tokenizer, (PrologueTokenizerModel, ProloguePostModel)):
+            raise ValueError(
+                f"tokenizer must be a PrologueTokenizerModel or a ProloguePostModel (Prologue-Post, decodes through "
+                f"its frozen visual tokenizer), got {type(tokenizer).__name__}"
+            )
         if not isinstance(ar, PrologueARForCausalLM):
             raise ValueError(f"ar must be a PrologueARForCausalLM, got {type(ar).__name__}")
         check_compatible(tokenizer.config, ar.config)
