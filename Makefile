@@ -23,9 +23,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) examples/demo.py --output-dir demo_out
 
+# Tests use one OpenMP thread: the models are tiny, and the multi-process tests would otherwise oversubscribe the
+# cores (2 threads per process on 2 cores made steps ~20x slower here).
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests
 
 lint: setup
 	$(PY) -m ruff check .
