@@ -20,11 +20,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The demo and the tests use one OpenMP thread by default (override with OMP_NUM_THREADS=N): the models are tiny,
+# and on a 2-core machine shared with anything else (a dataloader, a second test process) 2 threads per process
+# made training steps ~20x slower here.
 demo: setup
-	$(PY) examples/demo.py --output-dir demo_out
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) examples/demo.py --output-dir demo_out
 
-# Tests use one OpenMP thread: the models are tiny, and the multi-process tests would otherwise oversubscribe the
-# cores (2 threads per process on 2 cores made steps ~20x slower here).
 test: setup
 	$(PY) -m ruff check .
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests
