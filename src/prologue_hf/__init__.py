@@ -104,6 +104,8 @@ _LAZY = {
         "evaluation",
     ),
     "load_fashion_mnist": "data",
+    **dict.fromkeys(["DemoConfig", "run_demo"], "demo"),
+    **dict.fromkeys(["ReplicationConfig", "run_replication", "aggregate", "results_table", "sampling_sweep"], "replication"),
 }
 
 
