@@ -52,14 +52,14 @@ class DemoConfig:
     ar_width: int = 128
     ar_layers: int = 4
     ar_heads: int = 4
-    stage1_steps: int = 500
+    stage1_steps: int = 400
     stage1_batch_size: int = 32
     stage1_learning_rate: float = 2e-3
     ar_weight: float = 3.0
     visual_dropout: float = 0.5
     gan_weight: float = 0.0
-    stage2_steps: int = 800
-    stage2_batch_size: int = 64
+    stage2_steps: int = 400
+    stage2_batch_size: int = 48
     stage2_learning_rate: float = 2e-3
     samples_per_class: int = 8
     fd_images: int = 300
