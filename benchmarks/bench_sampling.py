@@ -163,32 +163,37 @@ def build_ar(name: str, dtype: torch.dtype) -> PrologueARForCausalLM:
     return ar.to(dtype)
 
 
-def time_method(method, ar, batch: int, repeats: int) -> dict[str, float]:
+def time_methods(methods: list[str], ar, batch: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Time every method ``repeats`` times, interleaved (m1, m2, m3, m1, m2, ...) so that load from other processes
+    falls on all of them alike; one warm-up run of each first (allocator, oneDNN kernels). Keeps the best run."""
     labels = torch.arange(batch) % ar.config.num_classes
     steps = ar.config.vocabulary.num_generated_tokens
     timer = ForwardTimer(ar)
-    totals, forward_shares = [], []
+    runs = {method: [] for method in methods}  # (seconds, forward share)
     try:
-        for repeat in range(repeats + 1):  # the first run warms up (allocator, oneDNN kernels)
-            timer.total = 0.0
-            generator = torch.Generator().manual_seed(repeat)
-            start = time.perf_counter()
-            with torch.no_grad():
-                METHODS[method](ar, labels, generator)
-            elapsed = time.perf_counter() - start
-            if repeat:
-                totals.append(elapsed)
-                forward_shares.append(timer.total / elapsed)
+        for repeat in range(repeats + 1):
+            for method in methods:
+                timer.total = 0.0
+                generator = torch.Generator().manual_seed(repeat)
+                start = time.perf_counter()
+                with torch.no_grad():
+                    METHODS[method](ar, labels, generator)
+                elapsed = time.perf_counter() - start
+                if repeat:
+                    runs[method].append((elapsed, timer.total / elapsed))
     finally:
         timer.remove()
-    best = min(totals)
-    return {
-        "seconds": best,
-        "seconds_median": statistics.median(totals),
-        "images_per_s": batch / best,
-        "ms_per_step": 1e3 * best / steps,
-        "forward_share": forward_shares[totals.index(best)],
-    }
+    out = {}
+    for method, timings in runs.items():
+        best, share = min(timings)
+        out[method] = {
+            "seconds": best,
+            "seconds_median": statistics.median(t for t, _ in timings),
+            "images_per_s": batch / best,
+            "ms_per_step": 1e3 * best / steps,
+            "forward_share": share,
+        }
+    return out
 
 
 def profile_ours(ar, batch: int, rows: int = 25) -> str:
@@ -206,7 +211,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["ours", "hf_loop", "hf_generate"])
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per cell after one warm-up (best kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="timed runs per method and cell, interleaved, after one warm-up (best kept)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of `ours` per cell")
     parser.add_argument("--json", default=None, help="write all rows to this file")
@@ -229,11 +236,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             params = sum(p.numel() for p in ar.parameters())
             for batch in args.batch_sizes:
                 bound = sum(step_lower_bounds(ar, 2 * batch, limits))
+                timings = time_methods(args.methods, ar, batch, args.repeats)
                 for method in args.methods:
                     row = {
                         "config": config_name, "params_M": params / 1e6, "dtype": dtype_name, "batch": batch,
-                        "rows": 2 * batch, "steps": steps, "method": method,
-                        **time_method(method, ar, batch, args.repeats),
+                        "rows": 2 * batch, "steps": steps, "method": method, **timings[method],
                         "bound_seconds": bound, "bound_ms_per_step": 1e3 * bound / steps,
                         "read_bandwidth_GBs": limits["read_bandwidth"] / 1e9,
                         "gemm_GFLOPs": limits["gemm_flops"] / 1e9,
@@ -242,8 +249,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     results.append(row)
                     print(
                         f"{config_name:>4} {dtype_name} batch {batch:>2} {method:>11}: {row['seconds']:7.2f} s "
-                        f"{row['images_per_s']:7.2f} img/s {row['ms_per_step']:7.2f} ms/step "
-                        f"(forward {100 * row['forward_share']:.0f}%) bound {row['bound_seconds']:6.2f} s "
+                        f"(median {row['seconds_median']:7.2f}) {row['images_per_s']:7.2f} img/s "
+                        f"{row['ms_per_step']:7.2f} ms/step (forward {100 * row['forward_share']:.0f}%) "
+                        f"bound {row['bound_seconds']:7.3f} s {row['bound_ms_per_step']:7.3f} ms/step "
                         f"-> {row['x_bound']:.2f}x",
                         flush=True,
                     )

@@ -462,3 +462,17 @@ def test_draw_categorical_matches_the_distribution_and_never_draws_zero_mass():
     with mock.patch.object(torch, "rand", lambda *a, **k: torch.full((2, 1), 1 - 2**-53, dtype=torch.float64)):
         assert draw_categorical(probs).tolist() == [4, 0]
     assert torch.equal(draw_categorical(probs, _seeded(5)), draw_categorical(probs, _seeded(5)))
+
+
+def test_eager_attention_cache_matches_sdpa_and_full_recompute():
+    # the eager path builds explicit masks from the cache's get_mask_sizes (sdpa skips them for one-token steps)
+    ar = tiny_ar(seed=0)
+    kwargs = dict(sampling="prologue-B-B", return_step_logits=True)
+    sdpa = generate_ids(ar, torch.tensor([1, 2]), generator=_seeded(0), **kwargs)
+    ar.set_attn_implementation("eager")
+    eager = generate_ids(ar, torch.tensor([1, 2]), generator=_seeded(0), **kwargs)
+    full = generate_ids(ar, torch.tensor([1, 2]), generator=_seeded(0), use_cache=False, **kwargs)
+    finite = torch.isfinite(sdpa.step_logits)
+    for other in (eager, full):
+        assert torch.equal(other.ids, sdpa.ids)
+        torch.testing.assert_close(other.step_logits[finite], sdpa.step_logits[finite], rtol=0, atol=1e-5)
