@@ -1,7 +1,8 @@
 """ProloguePipeline: class labels -> images with a Prologue AR and its tokenizer (a diffusers ``DiffusionPipeline``).
 
-Components by role, as diffusers' DiT pipeline: ``tokenizer`` (:class:`~prologue_hf.PrologueTokenizerModel`, or a
-:class:`~prologue_hf.ProloguePostModel` that decodes through its frozen visual tokenizer; decodes visual ids) and ``ar`` (:class:`~prologue_hf.PrologueARForCausalLM`, samples ids through
+Components by role, as diffusers' DiT pipeline: ``tokenizer`` (decodes visual ids: a
+:class:`~prologue_hf.PrologueTokenizerModel`, or a :class:`~prologue_hf.ProloguePostModel` that decodes through its
+frozen visual tokenizer) and ``ar`` (:class:`~prologue_hf.PrologueARForCausalLM`, samples ids through
 :func:`~prologue_hf.pipelines.sampling.generate_ids`). ``model_index.json`` names both components under the library
 ``prologue_hf.pipelines`` so that ``ProloguePipeline.from_pretrained(folder_or_repo)`` reloads them. diffusers imports
 nothing itself: it resolves a component's library from ``sys.modules`` and needs that module to expose the class and
@@ -340,6 +341,7 @@ def prologue_model_card(
         tags=["prologue", "autoregressive", "image-generation", "class-conditional", "diffusers-pipeline"],
     )
     name = repo_id or "ProloguePipeline"
+    location = repo_id or "path/to/pipeline_folder"
     sampling = pipeline.config.default_sampling
     sampling_line = (
         f"`{sampling}` (paper Table A5)" if isinstance(sampling, str) else "custom" if sampling else "none (no guidance)"
@@ -370,7 +372,7 @@ Default sampling: {sampling_line}.
 import torch
 from prologue_hf.pipelines import ProloguePipeline
 
-pipe = ProloguePipeline.from_pretrained("{name}")
+pipe = ProloguePipeline.from_pretrained("{location}")
 images = pipe(class_labels=[0, 1], generator=torch.Generator().manual_seed(0)).images
 ```
 
