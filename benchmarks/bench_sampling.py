@@ -10,8 +10,9 @@ throughout), it times one full sampling run of:
 * ``hf_generate``: ``ar.generate`` on the doubled batch with the segment-mask processor. ``generate`` cannot do CFG,
   so it gets the same rows and steps without the mix: same forward work, its own per-step overhead;
 
-and reports images/s, ms per decode step, the share of the time spent inside the AR forward, and a roofline lower
-bound per step measured on this machine in the same run: ``max(bytes / bandwidth, flops / gemm_peak)`` with
+and reports images/s, ms per decode step, the share of the time spent inside the AR forward, the time of the model's
+matmuls alone (every ``nn.Linear`` once on random rows), and a roofline lower bound per step measured on this machine
+in the same run: ``max(bytes / bandwidth, flops / gemm_peak)`` with
 ``bytes`` = the matmul weights plus the KV cache read at that step, ``bandwidth`` = read bandwidth of a large
 ``sum``, ``gemm_peak`` = FLOP/s of a large square matmul in the same dtype.
 
@@ -82,6 +83,20 @@ def step_lower_bounds(ar: PrologueARForCausalLM, rows: int, limits: dict[str, fl
         flops = 2 * rows * matmul_params + 2 * rows * context * kv_width  # q.k and p.v
         bounds.append(max(nbytes / limits["read_bandwidth"], flops / limits["gemm_flops"]))
     return bounds
+
+
+def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, repeats: int = 5) -> float:
+    """Time (s) of one pass of ``rows`` random rows through every ``nn.Linear`` of ``ar`` (its own weights, in
+    order): what the matmuls of one decode step cost with no attention and no Python around them."""
+    linears = [m for m in ar.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(rows, m.in_features, dtype=m.weight.dtype, device=m.weight.device) for m in linears]
+
+    def step():
+        with torch.no_grad():
+            for module, x in zip(linears, inputs):
+                module(x)
+
+    return _best_time(step, repeats)
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -236,6 +251,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             params = sum(p.numel() for p in ar.parameters())
             for batch in args.batch_sizes:
                 bound = sum(step_lower_bounds(ar, 2 * batch, limits))
+                matmul_ms = 1e3 * matmul_only_seconds(ar, 2 * batch)
+                print(f"{config_name:>4} {dtype_name} batch {batch:>2}: matmuls alone {matmul_ms:.2f} ms/step "
+                      f"({matmul_ms * steps / 1e3:.2f} s per run)", flush=True)
                 timings = time_methods(args.methods, ar, batch, args.repeats)
                 for method in args.methods:
                     row = {
@@ -244,6 +262,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "bound_seconds": bound, "bound_ms_per_step": 1e3 * bound / steps,
                         "read_bandwidth_GBs": limits["read_bandwidth"] / 1e9,
                         "gemm_GFLOPs": limits["gemm_flops"] / 1e9,
+                        "matmul_only_ms_per_step": matmul_ms,
                     }
                     row["x_bound"] = row["seconds"] / bound
                     results.append(row)
