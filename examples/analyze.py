@@ -34,16 +34,12 @@ from prologue_hf.analysis import (
 
 
 def _load_pipeline(args):
-    from prologue_hf import PrologueARForCausalLM, PrologueTokenizerModel
     from prologue_hf.pipelines import ProloguePipeline
 
-    if args.pipeline:
-        pipe = ProloguePipeline.from_pretrained(args.pipeline)
-    elif args.tokenizer and args.ar:
-        tokenizer = PrologueTokenizerModel.from_pretrained(args.tokenizer)
-        pipe = ProloguePipeline(tokenizer=tokenizer, ar=PrologueARForCausalLM.from_pretrained(args.ar))
-    else:
-        raise SystemExit("give --pipeline, or both --tokenizer and --ar")
+    try:
+        pipe = ProloguePipeline.from_parts(args.pipeline, args.tokenizer, args.ar)
+    except ValueError as error:
+        raise SystemExit(f"{error} (--pipeline, or both --tokenizer and --ar)") from error
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(args.device)
 

@@ -272,3 +272,17 @@ def test_documented_defaults_match_the_signatures():
     assert _documented_defaults("## `SamplingParams` and", "field") == field_defaults(SamplingParams)
     guidance_table = _documented_defaults("| `GuidanceSchedule` field", "`GuidanceSchedule` field")
     assert guidance_table == field_defaults(GuidanceSchedule)
+
+
+def test_from_parts_tokenizer_and_ar_folders(tmp_path):
+    from prologue_hf.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    pipe.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    pipe.ar.save_pretrained(tmp_path / "ar")
+    parts = ProloguePipeline.from_parts(None, str(tmp_path / "tokenizer"), str(tmp_path / "ar"))
+    a = pipe([1, 2], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    b = parts([1, 2], generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="both tokenizer_name_or_path and ar_name_or_path"):
+        ProloguePipeline.from_parts(None, str(tmp_path / "tokenizer"), None)

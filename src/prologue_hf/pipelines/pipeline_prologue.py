@@ -128,6 +128,26 @@ class ProloguePipeline(DiffusionPipeline):
                 if name.strip():
                     self.labels.setdefault(name.strip().lower(), index)
 
+    @classmethod
+    def from_parts(
+        cls,
+        pipeline_name_or_path: str | None = None,
+        tokenizer_name_or_path: str | None = None,
+        ar_name_or_path: str | None = None,
+        **kwargs,
+    ) -> ProloguePipeline:
+        """A pipeline folder / repo, or a tokenizer folder (``PrologueTokenizerModel`` or ``ProloguePostModel``, read
+        with ``AutoModel``) plus an AR folder, as the example scripts accept them. ``kwargs`` go to the constructor
+        (or to ``from_pretrained`` for a pipeline folder)."""
+        if pipeline_name_or_path:
+            return cls.from_pretrained(pipeline_name_or_path, **kwargs)
+        if not (tokenizer_name_or_path and ar_name_or_path):
+            raise ValueError("give pipeline_name_or_path, or both tokenizer_name_or_path and ar_name_or_path")
+        from transformers import AutoModel
+
+        tokenizer = AutoModel.from_pretrained(tokenizer_name_or_path)
+        return cls(tokenizer=tokenizer, ar=PrologueARForCausalLM.from_pretrained(ar_name_or_path), **kwargs)
+
     # ------------------------------------------------------------------ labels
     @property
     def num_classes(self) -> int:
