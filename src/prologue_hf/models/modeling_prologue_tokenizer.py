@@ -120,15 +120,22 @@ class _ViTStack(nn.Module):
         self._rope_layout = (config.grid_size, num_grid_tokens, num_sequence_tokens, grid_first)
         self._rope_thetas = (float(config.patch_rope_theta), float(config.query_rope_theta))
         self._rope_axes_dim = list(config.rope_axes_dim)
+        self._rope_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # device -> (cos, sin)
         self.gradient_checkpointing = False
 
     def rope_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)`` float32 ``[L, head_dim/2]`` for this stack's token layout: grid tokens at ``(row, col, 0)``
         with the patch RoPE base, sequence tokens (queries / 1D latents) at ``(0, 0, l)`` with the query base.
 
-        Rebuilt per call on the CPU in float64 (cheap), rather than stored as buffers: non-persistent buffers are
-        not restored by ``from_pretrained``'s meta-device load.
+        Built on first use per device (on the CPU in float64) and kept in a plain dict rather than as buffers:
+        non-persistent buffers are not restored by ``from_pretrained``'s meta-device load.
         """
+        key = str(device)
+        if key not in self._rope_cache:
+            self._rope_cache[key] = self._build_rope_tables(device)
+        return self._rope_cache[key]
+
+    def _build_rope_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         grid_size, num_grid, num_seq, grid_first = self._rope_layout
         patch_theta, query_theta = self._rope_thetas
         with torch.device("cpu"):
