@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput, logging
 
 from ..models.modeling_prologue_ar import PrologueARForCausalLM
 from ..vocabulary import PrologueVocabulary
+from .decoding import PackedARDecoder, packed_decoder_unsupported
 
 logger = logging.get_logger(__name__)
 
@@ -459,6 +460,7 @@ class _Plan:
     settings: list[tuple[float, int, float]]
     uncond_until: int  # the batch is doubled for steps 0 .. uncond_until - 1 (0 = never)
     mask: torch.Tensor = field(repr=False)  # [T, vocab] additive segment mask
+    logit_ranges: list[tuple[int, int]] = field(repr=False)  # per step, the id range holding every allowed id
 
 
 def _make_plan(vocab: PrologueVocabulary, sampling: SamplingParams, device: torch.device) -> _Plan:
@@ -468,7 +470,14 @@ def _make_plan(vocab: PrologueVocabulary, sampling: SamplingParams, device: torc
     needed = [s for s, w in enumerate(weights) if w is not None and w != 1.0]
     uncond_until = needed[-1] + 1 if needed else 0
     settings = sampling.step_settings(vocab.num_prologue_tokens, total)
-    return _Plan(weights, settings, uncond_until, vocab.logit_mask(device=device, dtype=torch.float32))
+    allowed = vocab.allowed_tokens()
+    logit_ranges = []
+    for row in allowed:
+        ids = row.nonzero()[:, 0]
+        lo, hi = int(ids[0]), int(ids[-1]) + 1
+        logit_ranges.append((lo, hi) if bool(row[lo:hi].all()) else (0, vocab.vocab_size))
+    mask = vocab.logit_mask(device=device, dtype=torch.float32)
+    return _Plan(weights, settings, uncond_until, mask, logit_ranges)
 
 
 def _process_logits(raw: torch.Tensor, batch: int, step: int, plan: _Plan) -> torch.Tensor:
@@ -547,6 +556,7 @@ def generate_ids(
     prologue_ids: torch.LongTensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    decoder: str = "auto",
     callback: Callable[[int, torch.Tensor], None] | None = None,
     return_step_logits: bool = False,
     progress_bar=None,
@@ -561,8 +571,13 @@ def generate_ids(
         prologue_ids: ``[B, K]`` raw prologue ids in ``[0, P)`` to hold fixed (paper Fig. 1): they and the EOS are
             teacher-forced in one prefill and only the visual tokens are sampled.
         generator: seeds the categorical draws; the same generator state gives the same ids.
-        use_cache: ``True`` uses a preallocated KV cache (:class:`PreallocatedCache`); ``False`` re-runs the whole
-            prefix each step (slow; the reference the cache is tested against).
+        use_cache: ``True`` keeps a KV cache; ``False`` re-runs the whole prefix each step through the stock
+            forward (slow; the reference the cached paths are tested against).
+        decoder: with ``use_cache``, which forward runs the steps: ``"packed"`` (:class:`PackedARDecoder`: fused,
+            pre-packed weights, a static KV cache and a head restricted to the step's segment; 1.3-2x faster on CPU,
+            see ``docs/benchmarks.md``), ``"stock"`` (the model's own forward with a :class:`PreallocatedCache`:
+            honours hooks, adapters, patched modules) or ``"auto"`` (packed unless
+            :func:`packed_decoder_unsupported` names a reason, e.g. forward hooks or LoRA layers).
         callback: called after every step as ``callback(step, ids)`` with ``ids`` ``[B]`` the combined-vocabulary ids
             of generated position ``step`` (forced positions included).
         return_step_logits: also return the ``[B, T, vocab]`` final logits of every step.
@@ -585,6 +600,8 @@ def generate_ids(
         sampling = SamplingParams.from_preset(sampling)
     if not isinstance(sampling, SamplingParams):
         raise ValueError(f"sampling must be a SamplingParams, a preset name or None, got {type(sampling).__name__}")
+    if decoder not in ("auto", "packed", "stock"):
+        raise ValueError(f"decoder must be 'auto', 'packed' or 'stock', got {decoder!r}")
     vocab: PrologueVocabulary = ar.config.vocabulary
     device = ar.device
     embed = ar.get_input_embeddings()
@@ -615,7 +632,23 @@ def generate_ids(
     rows = 2 * batch if plan.uncond_until > 0 else batch
     tokens = torch.cat([class_ids, torch.full_like(class_ids, vocab.null_class_id)])[:rows]
     positions = torch.arange(total + 1, device=device)
-    cache = PreallocatedCache(ar.config.num_hidden_layers, total) if use_cache else None
+    packed = None
+    if use_cache and decoder != "stock":
+        reason = packed_decoder_unsupported(ar)
+        if reason is None:
+            packed = PackedARDecoder(ar, rows, total, plan.logit_ranges)
+        elif decoder == "packed":
+            raise ValueError(f"decoder='packed' cannot run this model: {reason}")
+        else:
+            logger.info("sampling with the stock forward: %s", reason)
+    cache = PreallocatedCache(ar.config.num_hidden_layers, total) if use_cache and packed is None else None
+
+    def forward(embeds: torch.Tensor, start: int, keep: int = 1, step: int | None = None) -> torch.Tensor:
+        """Logits ``[R, keep, vocab]`` of the last ``keep`` of ``embeds`` ``[R, L, D]`` placed at ``start``."""
+        if packed is not None:
+            return packed.forward(embeds, step=step, keep=keep)
+        return _forward_last(ar, embeds, positions[start : start + embeds.shape[1]], cache, keep)
+
     history = embed(tokens)[:, None]  # [R, 1, D]; the no-cache path keeps the whole prefix here
 
     bar = _resolve_progress_bar(progress_bar, total)
@@ -624,7 +657,7 @@ def generate_ids(
         if forced:
             prefix = embed(ids[:, :forced]).repeat(rows // batch, 1, 1)
             history = torch.cat([history, prefix], dim=1)
-            raw = _forward_last(ar, history, positions[: forced + 1], cache, keep=forced + 1)
+            raw = forward(history, 0, keep=forced + 1)
             for s in range(forced):
                 if return_step_logits:
                     step_logits[:, s] = _process_logits(raw[:, s], batch, s, plan)
@@ -634,7 +667,7 @@ def generate_ids(
                     bar.update()
             raw = raw[:, -1]
         else:
-            raw = _forward_last(ar, history, positions[:1], cache)[:, -1]
+            raw = forward(history, 0, step=0)[:, -1]
 
         # 4. decode: sample step s from the logits of position s, then feed it back (except after the last step)
         for s in range(forced, total):
@@ -654,12 +687,14 @@ def generate_ids(
                 history = history[:batch]
                 if cache is not None:
                     cache.keep_first_rows(batch)
+                if packed is not None:
+                    packed.keep_first_rows(batch)
             new = embed(next_ids)[:, None].repeat(rows // batch, 1, 1)  # same token for both CFG halves
-            if cache is not None:
-                raw = _forward_last(ar, new, positions[s + 1 : s + 2], cache)[:, -1]
+            if use_cache:
+                raw = forward(new, s + 1, step=s + 1)[:, -1]
             else:
                 history = torch.cat([history, new], dim=1)
-                raw = _forward_last(ar, history, positions[: s + 2], None)[:, -1]
+                raw = forward(history, 0)[:, -1]
     finally:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
