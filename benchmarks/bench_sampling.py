@@ -4,14 +4,17 @@ For each AR config (``tiny``: the test model; ``B``: ``PrologueARConfig.from_pre
 batch size and dtype, with classifier-free guidance on every step (the ``prologue-B-B`` preset: doubled batch
 throughout), it times one full sampling run of:
 
-* ``ours``: :func:`prologue_hf.pipelines.sampling.generate_ids` (preallocated KV cache);
+* ``ours``: :func:`prologue_hf.pipelines.sampling.generate_ids` with its default packed decoder
+  (:class:`~prologue_hf.pipelines.decoding.PackedARDecoder`);
+* ``ours_stock``: the same sampler on the model's own forward (``decoder="stock"``, preallocated KV cache);
 * ``hf_loop``: a plain loop over ``ar(input_ids=..., cache=DynamicCache)`` with the same CFG mix, mask and
   multinomial (what one writes with stock transformers);
 * ``hf_generate``: ``ar.generate`` on the doubled batch with the segment-mask processor. ``generate`` cannot do CFG,
   so it gets the same rows and steps without the mix: same forward work, its own per-step overhead;
 
 and reports images/s, ms per decode step, the share of the time spent inside the AR forward, the time of the model's
-matmuls alone (every ``nn.Linear`` once on random rows), and a roofline lower bound per step measured on this machine
+matmuls alone (every ``nn.Linear`` once on random rows, through ``F.linear`` and through the packed decoder's fused,
+pre-packed weights), and a roofline lower bound per step measured on this machine
 in the same run: ``max(bytes / bandwidth, flops / gemm_peak)`` with
 ``bytes`` = the matmul weights plus the KV cache read at that step, ``bandwidth`` = read bandwidth of a large
 ``sum``, ``gemm_peak`` = FLOP/s of a large square matmul in the same dtype.
@@ -25,6 +28,7 @@ Random weights (speed does not depend on them). Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import platform
@@ -35,6 +39,7 @@ import torch
 from transformers import DynamicCache, LogitsProcessorList
 
 from prologue_hf import PrologueARConfig, PrologueARForCausalLM
+from prologue_hf.pipelines.decoding import PackedARDecoder
 from prologue_hf.pipelines.sampling import (
     PrologueSegmentLogitsProcessor,
     SamplingParams,
@@ -85,23 +90,37 @@ def step_lower_bounds(ar: PrologueARForCausalLM, rows: int, limits: dict[str, fl
     return bounds
 
 
-def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, repeats: int = 5) -> float:
-    """Time (s) of one pass of ``rows`` random rows through every ``nn.Linear`` of ``ar`` (its own weights, in
-    order): what the matmuls of one decode step cost with no attention and no Python around them."""
-    linears = [m for m in ar.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = [torch.randn(rows, m.in_features, dtype=m.weight.dtype, device=m.weight.device) for m in linears]
+def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, packed: bool = False, repeats: int = 5) -> float:
+    """Time (s) of one pass of ``rows`` random rows through every matmul of a decode step, in order, with no
+    attention and no Python around them: the model's ``nn.Linear`` s (``packed=False``) or the packed decoder's fused,
+    pre-packed weights with the head restricted to the visual rows (``packed=True``)."""
+    if packed:
+        vocab = ar.config.vocabulary
+        decoder = PackedARDecoder(ar, rows, 2, [(0, vocab.visual_vocab_size)] * 2)
+        linears = [linear for layer in decoder.layers for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        linears += list(decoder._heads.values())
+        shapes = [linear.weight.shape[1] for linear in linears]
+    else:
+        linears = [m for m in ar.modules() if isinstance(m, torch.nn.Linear)]
+        shapes = [m.in_features for m in linears]
+    weight = ar.lm_head.weight
+    inputs = [torch.randn(rows, 1, width, dtype=weight.dtype, device=weight.device) for width in shapes]
 
     def step():
         with torch.no_grad():
-            for module, x in zip(linears, inputs):
-                module(x)
+            for linear, x in zip(linears, inputs):
+                linear(x)
 
     return _best_time(step, repeats)
 
 
 # ------------------------------------------------------------------------------------------------ methods
 def run_ours(ar, labels, generator):
-    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator).ids
+    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator, decoder="packed").ids
+
+
+def run_ours_stock(ar, labels, generator):
+    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator, decoder="stock").ids
 
 
 def run_hf_loop(ar, labels, generator):
@@ -141,30 +160,34 @@ def run_hf_generate(ar, labels, generator):
     )
 
 
-METHODS = {"ours": run_ours, "hf_loop": run_hf_loop, "hf_generate": run_hf_generate}
+METHODS = {"ours": run_ours, "ours_stock": run_ours_stock, "hf_loop": run_hf_loop, "hf_generate": run_hf_generate}
 
 
 # ------------------------------------------------------------------------------------------------ timing
 class ForwardTimer:
-    """Wall time spent inside ``ar.forward`` (pre/post hooks on the top module)."""
+    """Wall time spent inside the AR forward: ``PrologueARForCausalLM.forward`` and ``PackedARDecoder.forward`` are
+    wrapped at class level while it lives (module hooks would make the sampler fall back to the stock forward)."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self):
         self.total = 0.0
-        self._start = None
-        self._handles = [
-            module.register_forward_pre_hook(self._pre),
-            module.register_forward_hook(self._post),
-        ]
+        self._originals = [(cls, cls.forward) for cls in (PrologueARForCausalLM, PackedARDecoder)]
+        for cls, original in self._originals:
+            cls.forward = self._timed(original)
 
-    def _pre(self, *_):
-        self._start = time.perf_counter()
+    def _timed(self, original):
+        @functools.wraps(original)
+        def forward(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.total += time.perf_counter() - start
 
-    def _post(self, *_):
-        self.total += time.perf_counter() - self._start
+        return forward
 
     def remove(self):
-        for handle in self._handles:
-            handle.remove()
+        for cls, original in self._originals:
+            cls.forward = original
 
 
 def build_ar(name: str, dtype: torch.dtype) -> PrologueARForCausalLM:
@@ -183,7 +206,7 @@ def time_methods(methods: list[str], ar, batch: int, repeats: int) -> dict[str, 
     falls on all of them alike; one warm-up run of each first (allocator, oneDNN kernels). Keeps the best run."""
     labels = torch.arange(batch) % ar.config.num_classes
     steps = ar.config.vocabulary.num_generated_tokens
-    timer = ForwardTimer(ar)
+    timer = ForwardTimer()
     runs = {method: [] for method in methods}  # (seconds, forward share)
     try:
         for repeat in range(repeats + 1):
@@ -216,7 +239,8 @@ def profile_ours(ar, batch: int, rows: int = 25) -> str:
 
     labels = torch.arange(batch) % ar.config.num_classes
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=torch.Generator().manual_seed(0))
+        generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=torch.Generator().manual_seed(0),
+                     decoder="packed")
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -225,7 +249,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--configs", nargs="+", default=["tiny", "B"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["fp32", "bf16"])
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["ours", "hf_loop", "hf_generate"])
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     parser.add_argument(
         "--repeats", type=int, default=2, help="timed runs per method and cell, interleaved, after one warm-up (best kept)"
     )
@@ -252,8 +276,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for batch in args.batch_sizes:
                 bound = sum(step_lower_bounds(ar, 2 * batch, limits))
                 matmul_ms = 1e3 * matmul_only_seconds(ar, 2 * batch)
+                packed_ms = 1e3 * matmul_only_seconds(ar, 2 * batch, packed=True)
                 print(f"{config_name:>4} {dtype_name} batch {batch:>2}: matmuls alone {matmul_ms:.2f} ms/step "
-                      f"({matmul_ms * steps / 1e3:.2f} s per run)", flush=True)
+                      f"({matmul_ms * steps / 1e3:.2f} s per run), packed {packed_ms:.2f} ms/step "
+                      f"({packed_ms * steps / 1e3:.2f} s per run)", flush=True)
                 timings = time_methods(args.methods, ar, batch, args.repeats)
                 for method in args.methods:
                     row = {
@@ -263,6 +289,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "read_bandwidth_GBs": limits["read_bandwidth"] / 1e9,
                         "gemm_GFLOPs": limits["gemm_flops"] / 1e9,
                         "matmul_only_ms_per_step": matmul_ms,
+                        "packed_matmul_only_ms_per_step": packed_ms,
                     }
                     row["x_bound"] = row["seconds"] / bound
                     results.append(row)
