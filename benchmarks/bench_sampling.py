@@ -244,6 +244,23 @@ def profile_ours(ar, batch: int, rows: int = 25) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The result rows as the markdown table of ``docs/benchmarks.md``."""
+    lines = [
+        "| config | dtype | batch (rows) | method | s / run (median) | images/s | ms / step | forward | "
+        "matmuls alone, packed (ms/step) | bound s (ms/step) | x bound |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['dtype']} | {r['batch']} ({r['rows']}) | `{r['method']}` | {r['seconds']:.2f} "
+            f"({r['seconds_median']:.2f}) | {r['images_per_s']:.2f} | {r['ms_per_step']:.1f} | "
+            f"{100 * r['forward_share']:.0f}% | {r['packed_matmul_only_ms_per_step']:.1f} | "
+            f"{r['bound_seconds']:.2f} ({r['bound_ms_per_step']:.1f}) | {r['x_bound']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "B"])
@@ -256,6 +273,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of `ours` per cell")
     parser.add_argument("--json", default=None, help="write all rows to this file")
+    parser.add_argument("--markdown", action="store_true", help="print all rows as a markdown table at the end")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,6 +324,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
+    if args.markdown:
+        print(markdown_table(results))
     return results
 
 

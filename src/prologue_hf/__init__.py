@@ -70,7 +70,7 @@ _LAZY = {
     **dict.fromkeys(
         ["ProloguePipeline", "ProloguePipelineOutput", "SamplingParams", "GuidanceSchedule", "SamplerOutput",
          "SAMPLING_PRESETS", "generate_ids", "PrologueSegmentLogitsProcessor", "imagenet_id2label",
-         "prologue_model_card"],
+         "prologue_model_card", "PackedARDecoder", "packed_decoder_unsupported", "PreallocatedCache"],
         "pipelines",
     ),
     **dict.fromkeys(

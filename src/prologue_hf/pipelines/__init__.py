@@ -6,6 +6,7 @@ from transformers import PreTrainedModel
 
 from ..models import PrologueARForCausalLM, PrologueTokenizerModel
 from ..models.modeling_prologue_post import ProloguePostModel
+from .decoding import PackedARDecoder, packed_decoder_unsupported
 from .imagenet_labels import IMAGENET_CLASS_NAMES, imagenet_id2label
 from .pipeline_prologue import ProloguePipeline, ProloguePipelineOutput, prologue_model_card
 from .sampling import (
@@ -22,6 +23,7 @@ __all__ = [
     "IMAGENET_CLASS_NAMES",
     "SAMPLING_PRESETS",
     "GuidanceSchedule",
+    "PackedARDecoder",
     "PreTrainedModel",
     "PreallocatedCache",
     "PrologueARForCausalLM",
@@ -34,5 +36,6 @@ __all__ = [
     "SamplingParams",
     "generate_ids",
     "imagenet_id2label",
+    "packed_decoder_unsupported",
     "prologue_model_card",
 ]

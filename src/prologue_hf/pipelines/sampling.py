@@ -574,8 +574,8 @@ def generate_ids(
         use_cache: ``True`` keeps a KV cache; ``False`` re-runs the whole prefix each step through the stock
             forward (slow; the reference the cached paths are tested against).
         decoder: with ``use_cache``, which forward runs the steps: ``"packed"`` (:class:`PackedARDecoder`: fused,
-            pre-packed weights, a static KV cache and a head restricted to the step's segment; 1.3-2x faster on CPU,
-            see ``docs/benchmarks.md``), ``"stock"`` (the model's own forward with a :class:`PreallocatedCache`:
+            pre-packed weights, a static KV cache and a head restricted to the step's segment; 1.1-1.4x faster
+            than ``"stock"`` for the B model on a 2-core CPU, see ``docs/benchmarks.md``), ``"stock"`` (the model's own forward with a :class:`PreallocatedCache`:
             honours hooks, adapters, patched modules) or ``"auto"`` (packed unless
             :func:`packed_decoder_unsupported` names a reason, e.g. forward hooks or LoRA layers).
         callback: called after every step as ``callback(step, ids)`` with ``ids`` ``[B]`` the combined-vocabulary ids
