@@ -24,6 +24,7 @@ def test_demo_end_to_end_miniature(tmp_path):
         stage2_batch_size=8,
         samples_per_class=2,
         fd_images=20,
+        prologue_temperature=0.5,
     )
     report = run_demo(config)
     out = tmp_path / "demo"
@@ -52,5 +53,6 @@ def test_demo_end_to_end_miniature(tmp_path):
     from prologue_hf import ProloguePipeline
 
     pipe = ProloguePipeline.from_pretrained(out / "pipeline")
+    assert pipe.tokenizer.config.prologue_temperature == 0.5  # DemoConfig's tau reaches the trained tokenizer
     here = pipe([3, 5], generator=torch.Generator().manual_seed(7), output_type="np").images
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), here)

@@ -28,6 +28,8 @@ class DemoConfig:
         output_dir: where everything is written.
         train_per_class / test_per_class: Fashion-MNIST images per class (the embedded subset has 1000 / 300).
         num_prologue_tokens: K; 0 trains the 2D baseline through the same code path.
+        prologue_temperature: Prob-STE temperature tau of the prologue quantizer (paper default 0.1; the paper
+            also reports 0.01 and 1.0, see the ``prologue-probste-tau*`` sampling presets).
         stage1_steps / stage2_steps: optimizer steps of each stage.
         fd_images: images per set for the Fréchet distance on EfficientNet-Lite0 features (0 skips it).
         samples_per_class: columns of the sample grid.
@@ -44,6 +46,7 @@ class DemoConfig:
     num_prologue_tokens: int = 4
     visual_codebook_size: int = 256
     prologue_codebook_size: int = 64
+    prologue_temperature: float = 0.1
     codebook_dim: int = 8
     tokenizer_width: int = 64
     tokenizer_layers: int = 2
@@ -110,6 +113,7 @@ def _stage1(config: DemoConfig, train_dir: str, out: str):
         visual_codebook_size=config.visual_codebook_size,
         prologue_codebook_size=config.prologue_codebook_size,
         num_prologue_tokens=config.num_prologue_tokens,
+        prologue_temperature=config.prologue_temperature,
         codebook_dim=config.codebook_dim,
         # 1e-5 (the official init) makes a few hundred steps too short to leave the identity; see docs/results.md
         layer_scale_init=0.1,
