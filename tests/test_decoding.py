@@ -210,3 +210,17 @@ def test_unsupported_models_fall_back_to_the_stock_forward(change, reason):
 def test_generate_ids_rejects_an_unknown_decoder():
     with pytest.raises(ValueError, match="decoder must be 'auto', 'packed' or 'stock'"):
         generate_ids(_ar(), torch.tensor([1]), decoder="fast")
+
+
+def test_gqa_without_sdpa_enable_gqa_repeats_the_kv_heads(monkeypatch):
+    # torch < 2.5 has no `enable_gqa`: the decoder repeats key / value heads itself, with the same logits
+    import prologue_hf.pipelines.decoding as decoding
+
+    ar = _ar("gqa_biases")
+    embeds = ar.get_input_embeddings()(torch.randint(0, 64, (2, 5)))
+    with torch.no_grad():
+        expected = ar(inputs_embeds=embeds).logits
+        monkeypatch.setattr(decoding, "_SDPA_HAS_GQA", False)
+        decoder = PackedARDecoder(ar, rows=2, max_length=5)
+        got = torch.cat([decoder.forward(embeds[:, :2], keep=2)] + [decoder.forward(embeds[:, t : t + 1]) for t in (2, 3, 4)], 1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from packaging import version
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from ..models.modeling_prologue_ar import PrologueARForCausalLM
+
+_SDPA_HAS_GQA = version.parse(torch.__version__).release >= (2, 5)  # `enable_gqa` appeared in torch 2.5
 
 
 class PackedLinear:
@@ -267,14 +270,15 @@ class PackedARDecoder:
         keys, values = self.keys[index][:rows], self.values[index][:rows]
         keys[:, :, start:end] = k.transpose(1, 2)
         values[:, :, start:end] = qkv[:, :, heads + kv_heads :].transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q,
-            keys[:, :, :end],
-            values[:, :, :end],
-            is_causal=length > 1 and start == 0,
-            scale=layer.scaling,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )
+        keys, values = keys[:, :, :end], values[:, :, :end]
+        gqa = {}
+        if kv_heads != heads:
+            if _SDPA_HAS_GQA:
+                gqa = {"enable_gqa": True}
+            else:  # torch < 2.5: SDPA needs as many key / value heads as query heads
+                keys = keys.repeat_interleave(heads // kv_heads, dim=1)
+                values = values.repeat_interleave(heads // kv_heads, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, is_causal=length > 1, scale=layer.scaling, **gqa)
         return layer.o(out.transpose(1, 2).reshape(rows, length, -1))
 
 
