@@ -2,10 +2,10 @@
 
 Sampling pushes ``R`` rows (``2B`` with guidance) through every weight matrix once per generated token, 273 times
 for an image. At so few rows the step is bound by reading the weights, and the stock forward loses time three ways
-(measured on the 2-core Xeon of ``docs/benchmarks.md``, B config, 16 rows, fp32): ``F.linear`` re-packs each
-weight on every call (41 ms per step for the matmuls against 32 ms with MKL's pre-packed GEMM); q/k/v and gate/up
-are separate products; the Llama modules add ~3 ms of Python per step. :class:`PackedARDecoder` does the same math
-as :class:`~prologue_hf.PrologueARForCausalLM` in eval mode with
+(``docs/benchmarks.md``, B config, 2-core CPU): ``F.linear`` re-packs each weight inside every BLAS call (fp32 at 16
+rows: 57 ms per step for the matmuls against 38 ms with MKL's pre-packed GEMM, ``benchmarks/bench_linear_kernels.py``);
+q/k/v and gate/up are separate products; the Llama modules add Python and small ops to every layer.
+:class:`PackedARDecoder` does the same math as :class:`~prologue_hf.PrologueARForCausalLM` in eval mode with
 
 * q/k/v fused into one weight and gate/up into another (fewer, larger products);
 * weights laid out once per sampling run for the number of rows (:class:`PackedLinear`: MKL packed SGEMM for fp32,
@@ -15,7 +15,8 @@ as :class:`~prologue_hf.PrologueARForCausalLM` in eval mode with
 * the output head restricted to the ids the step may produce (the visual rows for visual steps, the prologue rows
   for prologue steps): the other logits are masked to ``-inf`` by the sampler anyway, so they are returned as 0.
 
-It reads the model's parameters (no copy is kept in sync): build it per sampling run, after the last weight update.
+It fuses and packs the model's parameters when built and does not follow later updates: build it per sampling run,
+after the last weight update (``generate_ids`` does).
 :func:`packed_decoder_unsupported` says why a model must take the stock forward instead (adapters, hooks, dropout in
 training mode).
 """
