@@ -183,9 +183,9 @@ class PackedARDecoder:
     >>> from prologue_hf.testing import tiny_ar
     >>> ar = tiny_ar()
     >>> decoder = PackedARDecoder(ar, rows=2, max_length=ar.config.vocabulary.num_generated_tokens + 1)
-    >>> embeds = ar.get_input_embeddings()(torch.tensor([[80], [81]]))
-    >>> decoder.forward(embeds).shape
-    torch.Size([2, 1, 97])
+    >>> embeds = ar.get_input_embeddings()(ar.vocabulary.class_token_ids(torch.tensor([0, 1])))[:, None]
+    >>> decoder.forward(embeds).shape  # [rows, keep, vocab]
+    torch.Size([2, 1, 92])
     """
 
     def __init__(
