@@ -28,7 +28,7 @@ demo: setup
 
 test: setup
 	$(PY) -m ruff check .
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest tests --doctest-modules src/prologue_hf
 
 lint: setup
 	$(PY) -m ruff check .

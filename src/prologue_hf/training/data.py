@@ -90,7 +90,7 @@ def load_image_dataset(
         ``label``; the image column decodes to PIL images.
 
     >>> ds = load_image_dataset("path/to/imagefolder")  # doctest: +SKIP
-    >>> ds.column_names
+    >>> ds.column_names  # doctest: +SKIP
     ['image', 'label']
     """
     if not isinstance(name_or_path, str) or not name_or_path:
