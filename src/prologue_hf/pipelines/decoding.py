@@ -112,8 +112,8 @@ def packed_decoder_unsupported(ar: nn.Module) -> str | None:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    # one op instead of LlamaRMSNorm's six; identical in float32, within one rounding of it in bfloat16 (it rounds
-    # before the scale, rms_norm after)
+    # one call instead of LlamaRMSNorm's six ops (fewer dispatches; measured 16 vs 24 us at 2 rows on a warm cache);
+    # the same float32 values, within one rounding in bfloat16 (LlamaRMSNorm rounds before the scale, rms_norm after)
     return x if weight is None else F.rms_norm(x, weight.shape, weight, eps)
 
 
