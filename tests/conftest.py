@@ -1,9 +1,11 @@
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+REPO_DIR = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_DIR.parent / "shared"
 OFFICIAL_FIXTURE_DIR = SHARED_DIR / "fixtures" / "official-prologue-tiny"
 
 
@@ -13,6 +15,19 @@ def official_fixture_dir() -> Path:
     if not OFFICIAL_FIXTURE_DIR.is_dir():
         pytest.skip(f"official fixture folder {OFFICIAL_FIXTURE_DIR} is absent (../shared is not beside the repo)")
     return OFFICIAL_FIXTURE_DIR
+
+
+@pytest.fixture
+def load_example():
+    """``load_example(name)`` imports ``examples/<name>.py`` as a module (the example scripts are not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"example_{name}", REPO_DIR / "examples" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

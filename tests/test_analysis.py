@@ -188,23 +188,12 @@ def test_attention_maps_for_samples_match_a_forward_on_the_sampled_ids():
     assert images.shape == (2, 32, 32, 3) and np.array_equal(images, out.images.permute(0, 2, 3, 1).numpy())
 
 
-def _load_example(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_example_analyze_writes_the_figures(tmp_path):
+def test_example_analyze_writes_the_figures(tmp_path, load_example):
     import json
 
     from prologue_hf.testing import tiny_pipeline
 
-    example = _load_example("analyze")
+    example = load_example("analyze")
     pipe = tiny_pipeline()
     pipe.save_pretrained(tmp_path / "pipe")
     common = ["--pipeline", str(tmp_path / "pipe"), "--device", "cpu", "--output-dir", str(tmp_path / "figs")]

@@ -7,7 +7,6 @@ the models compared are built by :mod:`prologue_hf.conversion` from the fixture'
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -219,16 +218,9 @@ print("max_logit_error", float((logits - ref["ar_logits_cond"]).abs().max()))
 """
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("convert_official_checkpoint", REPO / "examples" / "convert_official_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_writes_folders_that_reload_without_conversion_code(official_fixture_dir, tmp_path):
+def test_cli_writes_folders_that_reload_without_conversion_code(official_fixture_dir, tmp_path, load_example):
     out = tmp_path / "converted"
-    cli = _load_example()
+    cli = load_example("convert_official_checkpoint")
     written = cli.main([
         "--config", str(official_fixture_dir / "config.yaml"),
         "--tokenizer-dir", str(official_fixture_dir / "tokenizer"),

@@ -406,17 +406,6 @@ def test_random_effnet_extractor_is_usable_without_the_weights_package():
 
 
 # ------------------------------------------------------------------------------------------------ examples/evaluate.py
-def _load_example(name):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _image_folder(root, splits=("train", "validation"), per_class=3):
     import PIL.Image
 
@@ -429,8 +418,8 @@ def _image_folder(root, splits=("train", "validation"), per_class=3):
     return root
 
 
-def test_example_sample_and_metrics(pipe, tmp_path, capsys):
-    example = _load_example("evaluate")
+def test_example_sample_and_metrics(pipe, tmp_path, capsys, load_example):
+    example = load_example("evaluate")
     pipe.save_pretrained(tmp_path / "pipe")
     args = ["--images-per-class", "2", "--shard-size", "3", "--batch-size", "3", "--seed", "5"]
     example.main(["sample", "--pipeline", str(tmp_path / "pipe"), "--output-dir", str(tmp_path / "cli"), *args])
@@ -448,8 +437,8 @@ def test_example_sample_and_metrics(pipe, tmp_path, capsys):
         example.main(["metrics", "--samples", samples, "--reference", samples, "--metrics", "fid"])
 
 
-def test_example_reconstruction_and_probe(tmp_path):
-    example = _load_example("evaluate")
+def test_example_reconstruction_and_probe(tmp_path, load_example):
+    example = load_example("evaluate")
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")
     data = _image_folder(tmp_path / "data")

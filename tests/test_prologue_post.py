@@ -284,19 +284,14 @@ def test_checkpoint_resume_is_bit_exact_and_reloads_the_frozen_tokenizer(tmp_pat
     assert torch.equal(ema_post.encode(x).prologue_ids, first.ema.model.encode(x).prologue_ids)
 
 
-def test_example_cli_trains_from_a_local_tokenizer_folder(tmp_path):
-    import importlib.util
-
+def test_example_cli_trains_from_a_local_tokenizer_folder(tmp_path, load_example):
     tiny_vqmodel().save_pretrained(tmp_path / "vq")
     folder = tmp_path / "images" / "cls"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(8):
         PIL.Image.fromarray(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    spec = importlib.util.spec_from_file_location("train_prologue_post", "examples/train_prologue_post.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    trainer = script.main([
+    trainer = load_example("train_prologue_post").main([
         "--config", "examples/configs/post_tiny_cpu.yaml",
         "--visual_tokenizer_name_or_path", str(tmp_path / "vq"),
         "--train_data", str(tmp_path / "images"),

@@ -1,7 +1,6 @@
 """Tests of PrologueTokenizerTrainer: learning on a tiny set, exact resume, optimizers, schedule, NaN stop, saving,
 the example script (one process in-process, two CPU processes through accelerate / gloo)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -252,16 +251,9 @@ def test_non_finite_loss_stops_after_saving_the_last_good_state(tmp_path, image_
 
 
 # ------------------------------------------------------------------------------------------------ example script
-def _load_example():
-    spec = importlib.util.spec_from_file_location("train_tokenizer_example", REPO / "examples" / "train_tokenizer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_example_script_single_process(tmp_path, image_dir):
+def test_example_script_single_process(tmp_path, image_dir, load_example):
     out = tmp_path / "cli"
-    _load_example().main([
+    load_example("train_tokenizer").main([
         "--config", str(REPO / "examples" / "configs" / "tokenizer_tiny.yaml"),
         "--train_data", str(image_dir), "--cache_dir", str(tmp_path / "hf-cache"), "--output_dir", str(out),
         "--max_steps", "4", "--save_steps", "2", "--logging_steps", "2", "--disable_tqdm", "True",
@@ -297,9 +289,9 @@ def test_example_script_two_cpu_processes(tmp_path, image_dir):
     assert all(torch.isfinite(p).all() for p in tokenizer.parameters())
 
 
-def test_example_script_streaming(tmp_path, image_dir):
+def test_example_script_streaming(tmp_path, image_dir, load_example):
     out = tmp_path / "stream"
-    _load_example().main([
+    load_example("train_tokenizer").main([
         "--config", str(REPO / "examples" / "configs" / "tokenizer_tiny.yaml"),
         "--train_data", str(image_dir), "--cache_dir", str(tmp_path / "hf-cache"), "--output_dir", str(out),
         "--streaming", "True", "--shuffle_buffer_size", "16", "--max_steps", "3", "--save_steps", "3",
