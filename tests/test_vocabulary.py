@@ -45,6 +45,17 @@ def test_masks(vocab):
     assert vocab.segment_ids().tolist() == [0] * 4 + [1] + [2] * 16
 
 
+@pytest.mark.parametrize("num_prologue_tokens", [4, 0])
+def test_step_id_ranges_cover_exactly_the_allowed_ids(num_prologue_tokens):
+    vocab = PrologueVocabulary(64, 16, num_prologue_tokens, 16, 10)
+    ranges = vocab.step_id_ranges()
+    assert len(ranges) == vocab.num_generated_tokens
+    for row, (lo, hi) in zip(vocab.allowed_tokens(), ranges):
+        assert row.nonzero().flatten().tolist() == list(range(lo, hi))
+    if num_prologue_tokens:
+        assert ranges[:5] == [(64, 80)] * 4 + [(80, 81)] and ranges[5] == (0, 64)
+
+
 def test_without_prologue():
     vocab = PrologueVocabulary(64, 16, 0, 16, 10)
     assert vocab.eos_token_id is None and vocab.class_offset == 64 and vocab.vocab_size == 75

@@ -176,6 +176,14 @@ class PrologueVocabulary:
         allowed[self.visual_start :, : self.visual_vocab_size] = True
         return allowed
 
+    def step_id_ranges(self) -> list[tuple[int, int]]:
+        """Per generated step, the half-open id range ``(lo, hi)`` of :meth:`allowed_tokens` (each segment's ids are
+        contiguous): the prologue ids for the K prologue steps, the EOS id, then the visual ids."""
+        k = self.num_prologue_tokens
+        prologue = (self.prologue_offset, self.prologue_offset + self.prologue_vocab_size)
+        eos = [(self.eos_token_id, self.eos_token_id + 1)] if self.has_prologue else []
+        return [prologue] * k + eos + [(0, self.visual_vocab_size)] * (self.num_generated_tokens - self.visual_start)
+
     def logit_mask(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Additive ``[K + 1 + N, vocab_size]`` mask: 0 where allowed, ``-inf`` elsewhere."""
         mask = torch.zeros(self.num_generated_tokens, self.vocab_size, dtype=dtype, device=device)

@@ -460,7 +460,7 @@ class _Plan:
     settings: list[tuple[float, int, float]]
     uncond_until: int  # the batch is doubled for steps 0 .. uncond_until - 1 (0 = never)
     mask: torch.Tensor = field(repr=False)  # [T, vocab] additive segment mask
-    logit_ranges: list[tuple[int, int]] = field(repr=False)  # per step, the id range holding every allowed id
+    logit_ranges: list[tuple[int, int]] = field(repr=False)  # per step, the id range of the allowed ids
 
 
 def _make_plan(vocab: PrologueVocabulary, sampling: SamplingParams, device: torch.device) -> _Plan:
@@ -470,14 +470,8 @@ def _make_plan(vocab: PrologueVocabulary, sampling: SamplingParams, device: torc
     needed = [s for s, w in enumerate(weights) if w is not None and w != 1.0]
     uncond_until = needed[-1] + 1 if needed else 0
     settings = sampling.step_settings(vocab.num_prologue_tokens, total)
-    allowed = vocab.allowed_tokens()
-    logit_ranges = []
-    for row in allowed:
-        ids = row.nonzero()[:, 0]
-        lo, hi = int(ids[0]), int(ids[-1]) + 1
-        logit_ranges.append((lo, hi) if bool(row[lo:hi].all()) else (0, vocab.vocab_size))
     mask = vocab.logit_mask(device=device, dtype=torch.float32)
-    return _Plan(weights, settings, uncond_until, mask, logit_ranges)
+    return _Plan(weights, settings, uncond_until, mask, vocab.step_id_ranges())
 
 
 def _process_logits(raw: torch.Tensor, batch: int, step: int, plan: _Plan) -> torch.Tensor:
@@ -575,9 +569,9 @@ def generate_ids(
             forward (slow; the reference the cached paths are tested against).
         decoder: with ``use_cache``, which forward runs the steps: ``"packed"`` (:class:`PackedARDecoder`: fused,
             pre-packed weights, a static KV cache and a head restricted to the step's segment; 1.1-1.4x faster
-            than ``"stock"`` for the B model on a 2-core CPU, see ``docs/benchmarks.md``), ``"stock"`` (the model's own forward with a :class:`PreallocatedCache`:
-            honours hooks, adapters, patched modules) or ``"auto"`` (packed unless
-            :func:`packed_decoder_unsupported` names a reason, e.g. forward hooks or LoRA layers).
+            than ``"stock"`` for the B model on a 2-core CPU, see ``docs/benchmarks.md``), ``"stock"`` (the model's
+            own forward with a :class:`PreallocatedCache`: honours hooks, adapters, patched modules) or ``"auto"``
+            (packed unless :func:`packed_decoder_unsupported` names a reason, e.g. forward hooks or LoRA layers).
         callback: called after every step as ``callback(step, ids)`` with ``ids`` ``[B]`` the combined-vocabulary ids
             of generated position ``step`` (forced positions included).
         return_step_logits: also return the ``[B, T, vocab]`` final logits of every step.
