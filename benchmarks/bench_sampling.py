@@ -97,8 +97,7 @@ def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, packed: bool = Fal
     if packed:
         vocab = ar.config.vocabulary
         decoder = PackedARDecoder(ar, rows, 2, [(0, vocab.visual_vocab_size)] * 2)
-        linears = [linear for layer in decoder.layers for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-        linears += list(decoder._heads.values())
+        linears = decoder.linears
         shapes = [linear.weight.shape[1] for linear in linears]
     else:
         linears = [m for m in ar.modules() if isinstance(m, torch.nn.Linear)]

@@ -72,6 +72,15 @@ def test_packed_linear_uses_the_packed_kernels_on_this_cpu():
     assert PackedLinear(torch.randn(8, 4, dtype=torch.float64), None, 2).kernel == "linear"
 
 
+def test_packed_decoder_lists_its_products_and_kernels():
+    ar = _ar()
+    decoder = PackedARDecoder(ar, rows=2, max_length=4, logit_ranges=[(5, 20), (80, 81), (0, 64), (0, 64)])
+    widths = [linear.weight.shape for linear in decoder.linears]
+    assert widths == [(3 * 64, 64), (64, 64), (2 * 176, 64), (64, 176)] * 2 + [(64, 64), (15, 64), (1, 64)]  # heads by range: (0, 64), (5, 20), (80, 81)
+    if torch.backends.mkl.is_available():
+        assert decoder.kernels == {"mkl"}
+
+
 def test_packed_linear_falls_back_when_the_packed_kernel_disagrees(monkeypatch):
     monkeypatch.setattr(torch.ops.mkl, "_mkl_linear", lambda x, packed, weight, bias, rows: torch.zeros(1))
     weight = torch.randn(8, 4)

@@ -220,10 +220,15 @@ class PackedARDecoder:
         self.rotations = rotation_matrices(cos[0], sin[0])  # [T, head_dim, head_dim]
 
     @property
+    def linears(self) -> list[PackedLinear]:
+        """Every product of a decode step in order: per layer q/k/v, o, gate/up, down; then the head(s)."""
+        per_layer = [linear for layer in self.layers for linear in (layer.qkv, layer.o, layer.gate_up, layer.down)]
+        return per_layer + list(self._heads.values())
+
+    @property
     def kernels(self) -> set[str]:
         """The :class:`PackedLinear` kernels in use (``{"mkl"}``, ``{"onednn"}``, ``{"linear"}``, ...)."""
-        linears = [lin for layer in self.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-        return {linear.kernel for linear in linears + list(self._heads.values())}
+        return {linear.kernel for linear in self.linears}
 
     def keep_first_rows(self, rows: int) -> None:
         """Drop every batch row from ``rows`` on (views: nothing is copied)."""
