@@ -14,7 +14,9 @@ throughout), it times one full sampling run of:
 
 and reports images/s, ms per decode step, the share of the time spent inside the AR forward, the time of the model's
 matmuls alone (every ``nn.Linear`` once on random rows, through ``F.linear`` and through the packed decoder's fused,
-pre-packed weights), and a roofline lower bound per step measured on this machine
+pre-packed weights), the attention of a run alone (every step's SDPA calls, nothing between them; with the packed
+matmuls: "kernels alone", what the run would cost if the small ops around the kernels were free), and a roofline
+lower bound per step measured on this machine
 in the same run: ``max(bytes / bandwidth, flops / gemm_peak)`` with
 ``bytes`` = the matmul weights plus the KV cache read at that step, ``bandwidth`` = read bandwidth of a large
 ``sum``, ``gemm_peak`` = FLOP/s of a large square matmul in the same dtype.
@@ -36,6 +38,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
 
 from prologue_hf import PrologueARConfig, PrologueARForCausalLM
@@ -111,6 +114,30 @@ def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, packed: bool = Fal
                 linear(x)
 
     return _best_time(step, repeats)
+
+
+def attention_only_seconds(ar: PrologueARForCausalLM, rows: int, repeats: int = 2) -> float:
+    """Time (s) of the attention of a whole sampling run alone: for every step and layer, one
+    ``scaled_dot_product_attention`` of a ``rows``-row query on the cache prefix that step reads (the packed
+    decoder's call, on random values), with nothing between the calls. With :func:`matmul_only_seconds` this is what
+    the kernels of a run cost without any of the small ops around them."""
+    config = ar.config
+    weight = ar.lm_head.weight
+    head_dim, heads, kv_heads = config.head_dim, config.num_attention_heads, config.num_key_value_heads
+    steps = config.vocabulary.num_generated_tokens
+    new = functools.partial(torch.randn, dtype=weight.dtype, device=weight.device)
+    queries = [new(rows, heads, 1, head_dim) for _ in range(config.num_hidden_layers)]
+    keys = [new(rows, kv_heads, steps, head_dim) for _ in range(config.num_hidden_layers)]
+    values = [new(rows, kv_heads, steps, head_dim) for _ in range(config.num_hidden_layers)]
+    gqa = {"enable_gqa": True} if kv_heads != heads else {}
+
+    def run():
+        with torch.no_grad():
+            for context in range(1, steps + 1):  # step s attends to s + 1 cached positions (as step_lower_bounds)
+                for q, k, v in zip(queries, keys, values):
+                    F.scaled_dot_product_attention(q, k[:, :, :context], v[:, :, :context], **gqa)
+
+    return _best_time(run, repeats)
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -247,14 +274,15 @@ def markdown_table(rows: list[dict]) -> str:
     """The result rows as the markdown table of ``docs/benchmarks.md``."""
     lines = [
         "| config | dtype | batch (rows) | method | s / run (median) | images/s | ms / step | forward | "
-        "matmuls alone, packed (ms/step) | bound s (ms/step) | x bound |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "matmuls alone, packed (ms/step) | kernels alone s | bound s (ms/step) | x bound |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['dtype']} | {r['batch']} ({r['rows']}) | `{r['method']}` | {r['seconds']:.2f} "
             f"({r['seconds_median']:.2f}) | {r['images_per_s']:.2f} | {r['ms_per_step']:.1f} | "
             f"{100 * r['forward_share']:.0f}% | {r['packed_matmul_only_ms_per_step']:.1f} | "
+            f"{r['kernels_only_seconds']:.2f} | "
             f"{r['bound_seconds']:.2f} ({r['bound_ms_per_step']:.1f}) | {r['x_bound']:.2f} |"
         )
     return "\n".join(lines)
@@ -294,9 +322,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 bound = sum(step_lower_bounds(ar, 2 * batch, limits))
                 matmul_ms = 1e3 * matmul_only_seconds(ar, 2 * batch)
                 packed_ms = 1e3 * matmul_only_seconds(ar, 2 * batch, packed=True)
+                attention_s = attention_only_seconds(ar, 2 * batch)
+                kernels_s = packed_ms * steps / 1e3 + attention_s
                 print(f"{config_name:>4} {dtype_name} batch {batch:>2}: matmuls alone {matmul_ms:.2f} ms/step "
                       f"({matmul_ms * steps / 1e3:.2f} s per run), packed {packed_ms:.2f} ms/step "
-                      f"({packed_ms * steps / 1e3:.2f} s per run)", flush=True)
+                      f"({packed_ms * steps / 1e3:.2f} s per run); attention alone {attention_s:.2f} s per run; "
+                      f"kernels alone (packed matmuls + attention) {kernels_s:.2f} s per run", flush=True)
                 timings = time_methods(args.methods, ar, batch, args.repeats)
                 for method in args.methods:
                     row = {
@@ -307,6 +338,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "gemm_GFLOPs": limits["gemm_flops"] / 1e9,
                         "matmul_only_ms_per_step": matmul_ms,
                         "packed_matmul_only_ms_per_step": packed_ms,
+                        "attention_only_seconds": attention_s,
+                        "kernels_only_seconds": kernels_s,
                     }
                     row["x_bound"] = row["seconds"] / bound
                     results.append(row)

@@ -19,10 +19,11 @@ def official_fixture_dir() -> Path:
 
 @pytest.fixture
 def load_example():
-    """``load_example(name)`` imports ``examples/<name>.py`` as a module (the example scripts are not a package)."""
+    """``load_example(name)`` imports ``examples/<name>.py`` as a module (the example scripts are not a package);
+    ``load_example(name, folder="benchmarks")`` does the same for a benchmark script."""
 
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(f"example_{name}", REPO_DIR / "examples" / f"{name}.py")
+    def load(name: str, folder: str = "examples"):
+        spec = importlib.util.spec_from_file_location(f"{folder}_{name}", REPO_DIR / folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module

@@ -1,0 +1,54 @@
+"""The hand-run benchmark scripts still run (tiny sizes): they are how the figures in docs/benchmarks.md are made."""
+
+import pytest
+import torch
+
+
+def test_bench_sampling_rows_and_kernel_floor(load_example):
+    bench = load_example("bench_sampling", folder="benchmarks")
+    rows = bench.main(
+        ["--configs", "tiny", "--batch-sizes", "2", "--dtypes", "fp32", "--methods", "ours", "hf_loop", "--repeats", "1"]
+    )
+    assert [row["method"] for row in rows] == ["ours", "hf_loop"]
+    for row in rows:
+        assert row["rows"] == 4 and row["steps"] == 21
+        assert row["seconds"] > 0 and row["bound_seconds"] > 0
+        assert row["x_bound"] == pytest.approx(row["seconds"] / row["bound_seconds"])
+        # kernels alone = packed matmuls of every step + the attention of the run
+        matmuls = row["packed_matmul_only_ms_per_step"] * row["steps"] / 1e3
+        assert row["kernels_only_seconds"] == pytest.approx(matmuls + row["attention_only_seconds"])
+    assert "| tiny | fp32 | 2 (4) | `ours` |" in bench.markdown_table(rows)
+
+
+def test_bench_sampling_attention_only_calls_every_step_and_layer(load_example, monkeypatch):
+    bench = load_example("bench_sampling", folder="benchmarks")
+    ar = bench.build_ar("tiny", torch.float32)
+    lengths = []
+    original = bench.F.scaled_dot_product_attention
+
+    def counting(q, k, v, **kwargs):
+        lengths.append(k.shape[2])
+        return original(q, k, v, **kwargs)
+
+    monkeypatch.setattr(bench.F, "scaled_dot_product_attention", counting)
+    bench.attention_only_seconds(ar, rows=2, repeats=1)
+    steps, layers = ar.config.vocabulary.num_generated_tokens, ar.config.num_hidden_layers
+    per_run = [length for length in range(1, steps + 1) for _ in range(layers)]
+    assert lengths == per_run * 2  # one warm-up run + one timed run
+
+
+def test_bench_op_after_gemm_runs(load_example, capsys):
+    bench = load_example("bench_op_after_gemm", folder="benchmarks")
+    bench.main(["--rows", "2", "--layers", "2", "--repeats", "1", "--dtype", "fp32"])
+    out = capsys.readouterr().out
+    assert "| F.rms_norm |" in out and "| add |" in out
+
+
+def test_bench_op_after_gemm_norms_are_the_same_norm(load_example):
+    bench = load_example("bench_op_after_gemm", folder="benchmarks")
+    x, weight = torch.randn(3, 1, bench.HIDDEN), torch.randn(bench.HIDDEN)
+    ops = bench.small_ops(x, weight)
+    reference = ops.pop("F.rms_norm")()
+    torch.testing.assert_close(ops.pop("add")(), 2 * x)
+    for name, op in ops.items():
+        torch.testing.assert_close(op(), reference, msg=name)
