@@ -107,8 +107,21 @@ def test_vocab_size_and_compatibility_errors():
 
 def test_input_ids_out_of_range():
     ar = tiny_ar()
-    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 92\)"):
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 92\).*got values in \[0, 92\]"):
         ar(torch.tensor([[0, 92]]))
+    with pytest.raises(ValueError, match=r"got values in \[-1, 3\]"):
+        ar(torch.tensor([[-1, 3]]))
+
+
+def test_check_ids_in_range_without_host_sync():
+    # the accelerator path (a device-side assertion) raises on CPU tensors at once, with the same message
+    from prologue_hf.models.modeling_prologue_ar import check_ids_in_range
+
+    check_ids_in_range(torch.tensor([[0, 91]]), 92, synchronize=False)
+    check_ids_in_range(torch.empty(1, 0, dtype=torch.long), 92, synchronize=False)
+    for bad in ([[0, 92]], [[-1, 0]]):
+        with pytest.raises(RuntimeError, match=r"input_ids must lie in \[0, 92\)"):
+            check_ids_in_range(torch.tensor(bad), 92, synchronize=False)
 
 
 def test_gradient_checkpointing_gives_same_gradients():

@@ -138,6 +138,25 @@ class PrologueARPreTrainedModel(LlamaPreTrainedModel):
     _can_record_outputs = {"hidden_states": PrologueARDecoderLayer, "attentions": PrologueARAttention}
 
 
+def check_ids_in_range(input_ids: torch.Tensor, vocab_size: int, synchronize: bool = True) -> None:
+    """Raise if an id of ``input_ids`` lies outside ``[0, vocab_size)``.
+
+    ``synchronize=True`` reads the extremes on the host and raises a ``ValueError`` that names them (free on CPU).
+    On an accelerator that read would stall every forward until the device catches up, so the model passes
+    ``synchronize=False`` there: a device-side assertion (``torch._assert_async``) with the same message, reported
+    by the next synchronising call instead of an opaque index error from the embedding kernel.
+    """
+    if not input_ids.numel():
+        return
+    message = f"input_ids must lie in [0, {vocab_size}) (the combined vocabulary)"
+    if not synchronize:
+        torch._assert_async(((input_ids >= 0) & (input_ids < vocab_size)).all(), message)
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"{message}; got values in [{low}, {high}]")
+
+
 class PrologueARModel(PrologueARPreTrainedModel, LlamaModel):
     """The decoder stack (a :class:`transformers.LlamaModel` with Prologue's options)."""
 
@@ -157,11 +176,7 @@ class PrologueARModel(PrologueARPreTrainedModel, LlamaModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
-            if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size):
-                raise ValueError(
-                    f"input_ids must lie in [0, {self.vocab_size}) (the combined vocabulary); got values in "
-                    f"[{int(input_ids.min())}, {int(input_ids.max())}]"
-                )
+            check_ids_in_range(input_ids, self.vocab_size, synchronize=input_ids.device.type == "cpu")
             inputs_embeds = self.embed_tokens(input_ids)
         return LlamaModel.forward(self, inputs_embeds=self.embedding_dropout(inputs_embeds), **kwargs)
 
