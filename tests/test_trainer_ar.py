@@ -387,6 +387,47 @@ def test_two_processes_match_one_process(tmp_path):
     torch.testing.assert_close(final.lm_head.weight, one.model.lm_head.weight, rtol=1e-4, atol=1e-6)
 
 
+def test_launch_without_process_group_is_refused(tmp_path):
+    """Two launched processes on a machine without GPUs and without use_cpu: accelerate builds no process group, so
+    each process would train alone and write the same output_dir; the trainer stops both with the remedy."""
+    data = tmp_path / "ids"
+    make_ids_dataset(data)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO / "examples" / "accelerate_configs" / "cpu_2proc.yaml"),
+        "--main_process_port", str(_free_port()),
+        str(REPO / "examples" / "train_ar.py"), "--config", str(TINY_YAML), "--use_cpu", "false",
+        "--dataset_name_or_path", str(data), "--max_steps", "2", "--warmup_steps", "0", "--sample_steps", "0",
+        "--output_dir", str(tmp_path / "out"), "--disable_tqdm", "true",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert result.returncode != 0
+    assert "the launcher started 2 processes (WORLD_SIZE=2) but accelerate set up no process group" in result.stderr
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
+
+
+def test_check_distributed_launch(tmp_path, monkeypatch, caplog):
+    from transformers.utils import logging as hf_logging
+
+    from prologue_hf.training.launch import check_distributed_launch
+
+    args = PrologueARTrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    check_distributed_launch(args)  # one process, nothing asked: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE=2.*use_cpu=True"):
+        check_distributed_launch(args)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            check_distributed_launch(args)
+    finally:
+        hf_logging.disable_propagation()
+    assert "asked for FSDP (ACCELERATE_USE_FSDP=true) but accelerate set up NO" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------- shipped configs
 PAPER_STAGE2 = {  # appendix E: (AR preset, lr, floor, global batch, paper epochs, weight decay, GPUs written for)
     "B-B": ("B", 2e-4, 5e-5, 512, 400, 0.03, 8),

@@ -35,6 +35,7 @@ from transformers.utils import ModelOutput, logging
 from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
 from ..vocabulary import PrologueVocabulary
 from .ema import ModelEMA
+from .launch import check_distributed_launch
 from .pretokenize import PretokenizedInfo
 
 logger = logging.get_logger(__name__)
@@ -259,6 +260,7 @@ class PrologueARTrainer(Trainer):
     ):
         if not isinstance(args, PrologueARTrainingArguments):
             raise ValueError(f"args must be PrologueARTrainingArguments, got {type(args).__name__}")
+        check_distributed_launch(args)
         if not isinstance(getattr(model, "config", None), PrologueARConfig):
             raise ValueError(f"model must be a PrologueARForCausalLM, got {type(model).__name__}")
         for dataset in (train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])):

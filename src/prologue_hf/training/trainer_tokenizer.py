@@ -40,6 +40,7 @@ from ..models.discriminator import PrologueDiscriminator, PrologueDiscriminatorC
 from ..models.modeling_prologue_ar import PrologueARForCausalLM
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
 from .ema import ModelEMA
+from .launch import check_distributed_launch
 from .losses import PrologueStage1LossConfig, PrologueStage1Model
 
 logger = logging.get_logger(__name__)
@@ -242,6 +243,7 @@ class PrologueTokenizerTrainer(Trainer):
             raise ValueError("load_best_model_at_end is not supported by the stage-1 trainer")
         if kwargs.get("optimizers", (None, None)) != (None, None):
             raise ValueError("the stage-1 trainer builds its own optimizers; do not pass optimizers=")
+        check_distributed_launch(args)
         # the collator reads the raw `image`/`label` columns; the Trainer must not drop them
         args.remove_unused_columns = False
         super().__init__(model=model, args=args, **kwargs)
