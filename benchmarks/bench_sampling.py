@@ -101,7 +101,7 @@ def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, packed: bool = Fal
         vocab = ar.config.vocabulary
         decoder = PackedARDecoder(ar, rows, 2, [(0, vocab.visual_vocab_size)] * 2)
         linears = decoder.linears
-        shapes = [linear.weight.shape[1] for linear in linears]
+        shapes = [linear.shape[1] for linear in linears]
     else:
         linears = [m for m in ar.modules() if isinstance(m, torch.nn.Linear)]
         shapes = [m.in_features for m in linears]

@@ -63,6 +63,24 @@ def test_packed_linear_matches_f_linear(dtype, rows):
         torch.testing.assert_close(linear(x).float(), F.linear(x, weight, bias).float(), rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_fuses_parts_and_keeps_only_the_packed_copy(dtype):
+    parts = [torch.randn(48, 32, dtype=dtype), torch.randn(16, 32, dtype=dtype), torch.randn(8, 32, dtype=dtype)]
+    bias = torch.randn(72, dtype=dtype)
+    fused = torch.cat(parts)
+    linear = PackedLinear(parts, bias, rows=4)
+    assert linear.shape == (72, 32)
+    if linear.kernel != "linear":
+        assert linear._weight is None  # the fused plain copy is gone: the packed layout is the only extra copy
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
+    # the packed row count, fewer rows (zero-padded for MKL), more rows and a prefill shape (per-part products)
+    for shape in ((4, 32), (4, 1, 32), (2, 1, 32), (1, 32), (6, 32), (4, 3, 32)):
+        x = torch.randn(*shape, dtype=dtype)
+        out = linear(x)
+        assert out.shape == (*shape[:-1], 72)
+        torch.testing.assert_close(out.float(), F.linear(x, fused, bias).float(), rtol=tolerance, atol=tolerance)
+
+
 def test_packed_linear_uses_the_packed_kernels_on_this_cpu():
     # what the speed-up rests on: MKL packed SGEMM for float32, oneDNN's packed layout for bfloat16
     if torch.backends.mkl.is_available():
@@ -75,7 +93,7 @@ def test_packed_linear_uses_the_packed_kernels_on_this_cpu():
 def test_packed_decoder_lists_its_products_and_kernels():
     ar = _ar()
     decoder = PackedARDecoder(ar, rows=2, max_length=4, logit_ranges=[(5, 20), (80, 81), (0, 64), (0, 64)])
-    widths = [linear.weight.shape for linear in decoder.linears]
+    widths = [linear.shape for linear in decoder.linears]
     assert widths == [(3 * 64, 64), (64, 64), (2 * 176, 64), (64, 176)] * 2 + [(64, 64), (15, 64), (1, 64)]  # heads by range: (0, 64), (5, 20), (80, 81)
     if torch.backends.mkl.is_available():
         assert decoder.kernels == {"mkl"}

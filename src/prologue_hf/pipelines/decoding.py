@@ -23,6 +23,8 @@ training mode).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from packaging import version
@@ -38,47 +40,74 @@ class PackedLinear:
     """``y = x @ weight.T + bias`` with ``weight`` ``[out, in]`` stored in the layout that is fastest for ``rows``-row
     inputs on its device and dtype.
 
-    ``kernel`` is ``"mkl"`` (CPU float32, MKL packed SGEMM), ``"onednn"`` (CPU bfloat16, oneDNN reordered weight) or
-    ``"linear"`` (``F.linear``: other devices and dtypes, or when the packed kernel is missing or disagrees with
-    ``F.linear`` on a probe input). Inputs with a different number of rows give the same result (MKL falls back to
-    the plain product for them).
+    ``weight`` may be a list of ``[out_i, in]`` matrices (q / k / v, gate / up): they are fused into one product of
+    ``sum(out_i)`` outputs. ``kernel`` is ``"mkl"`` (CPU float32, MKL packed SGEMM), ``"onednn"`` (CPU bfloat16,
+    oneDNN reordered weight) or ``"linear"`` (``F.linear``: other devices and dtypes, or when the packed kernel is
+    missing or disagrees with ``F.linear`` on a probe input).
+
+    A packed kernel keeps only its packed copy: the fused plain matrix, a second copy of the weights, is dropped once
+    packed (inputs given as a list stay referenced, they are the model's own parameters). Inputs with another row
+    count still give the same result: fewer rows are zero-padded to ``rows`` for the MKL kernel (the product costs the
+    same, it reads the same weight), more rows (a multi-position prefill) take ``F.linear`` on the given matrices.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int):
-        self.weight, self.bias, self.rows = weight, bias, rows
-        self.kernel, self._packed = "linear", None
-        if weight.device.type != "cpu":
+    def __init__(self, weight: torch.Tensor | Sequence[torch.Tensor], bias: torch.Tensor | None, rows: int):
+        self.parts = [weight] if isinstance(weight, torch.Tensor) else list(weight)
+        fused = self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts)
+        self.shape = tuple(fused.shape)  # (out_features, in_features)
+        self.bias, self.rows = bias, rows
+        self.kernel, self._packed, self._weight = "linear", None, fused
+        if fused.device.type != "cpu":
             return
         try:
-            if weight.dtype == torch.float32 and torch.backends.mkl.is_available():
-                self._packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+            if fused.dtype == torch.float32 and torch.backends.mkl.is_available():
+                self._packed = torch.ops.mkl._mkl_reorder_linear_weight(fused, rows)
                 self.kernel = "mkl"
-            elif weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+            elif fused.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(fused, rows)
                 self.kernel = "onednn"
         except (RuntimeError, AttributeError):  # a build without the kernel: the plain product
             self.kernel, self._packed = "linear", None
         if self.kernel != "linear" and not self._agrees_with_linear():
             self.kernel, self._packed = "linear", None
+        if self.kernel != "linear" and len(self.parts) > 1:
+            self._weight = None
+        # MKL's packed product also takes the plain matrix, read only for another row count, which never reaches it
+        self._shape_only = fused.new_zeros(1).expand(self.shape) if self.kernel == "mkl" else None
 
     def _agrees_with_linear(self) -> bool:
-        probe = torch.randn(self.rows, self.weight.shape[1], generator=torch.Generator().manual_seed(0))
-        probe = probe.to(self.weight.dtype)
+        probe = torch.randn(self.rows, self.shape[1], generator=torch.Generator().manual_seed(0))
+        probe = probe.to(self._weight.dtype)
         try:
-            packed = self(probe)
+            packed = self._packed_product(probe)
         except RuntimeError:
             return False
-        reference = F.linear(probe, self.weight, self.bias)
-        tolerance = 1e-4 if self.weight.dtype == torch.float32 else 2e-2
+        reference = F.linear(probe, self._weight, self.bias)
+        tolerance = 1e-4 if self._weight.dtype == torch.float32 else 2e-2
         scale = reference.float().abs().max().clamp_min(1.0)
         return packed.shape == reference.shape and bool(((packed.float() - reference.float()).abs().max() / scale) <= tolerance)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _packed_product(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "mkl":
-            return torch.ops.mkl._mkl_linear(x, self._packed, self.weight, self.bias, self.rows)
+            return torch.ops.mkl._mkl_linear(x, self._packed, self._weight, self.bias, self.rows)
+        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        if self.kernel == "mkl":
+            rows = x.numel() // self.shape[1]
+            if rows == self.rows:
+                return torch.ops.mkl._mkl_linear(x, self._packed, self._shape_only, self.bias, self.rows)
+            if rows < self.rows:
+                padded = x.new_zeros(self.rows, self.shape[1])
+                padded[:rows] = x.reshape(rows, self.shape[1])
+                out = torch.ops.mkl._mkl_linear(padded, self._packed, self._shape_only, self.bias, self.rows)
+                return out[:rows].view(*x.shape[:-1], self.shape[0])
+        if self._weight is not None:
+            return F.linear(x, self._weight, self.bias)
+        out = torch.cat([F.linear(x, part) for part in self.parts], dim=-1)
+        return out if self.bias is None else out + self.bias
 
 
 def packed_decoder_unsupported(ar: nn.Module) -> str | None:
@@ -149,13 +178,13 @@ class _Layer:
         self.k_norm = attn.k_norm.weight if isinstance(attn.k_norm, LlamaRMSNorm) else None
         self.qk_eps = attn.q_norm.variance_epsilon if self.q_norm is not None else self.eps
         self.qkv = PackedLinear(
-            torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+            [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight],
             _cat_biases(attn.q_proj, attn.k_proj, attn.v_proj),
             rows,
         )
         self.o = PackedLinear(attn.o_proj.weight, attn.o_proj.bias, rows)
         self.gate_up = PackedLinear(
-            torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), _cat_biases(mlp.gate_proj, mlp.up_proj), rows
+            [mlp.gate_proj.weight, mlp.up_proj.weight], _cat_biases(mlp.gate_proj, mlp.up_proj), rows
         )
         self.intermediate = mlp.gate_proj.out_features
         self.down = PackedLinear(mlp.down_proj.weight, mlp.down_proj.bias, rows)
