@@ -59,6 +59,8 @@ class PackedLinear:
         self.kernel, self._packed, self._weight = "linear", None, fused
         if fused.device.type != "cpu":
             return
+        # MKL's packed product also takes the plain matrix, read only for another row count, which never reaches it
+        self._shape_only = fused.new_zeros(1).expand(self.shape)
         try:
             if fused.dtype == torch.float32 and torch.backends.mkl.is_available():
                 self._packed = torch.ops.mkl._mkl_reorder_linear_weight(fused, rows)
@@ -72,8 +74,6 @@ class PackedLinear:
             self.kernel, self._packed = "linear", None
         if self.kernel != "linear" and len(self.parts) > 1:
             self._weight = None
-        # MKL's packed product also takes the plain matrix, read only for another row count, which never reaches it
-        self._shape_only = fused.new_zeros(1).expand(self.shape) if self.kernel == "mkl" else None
 
     def _agrees_with_linear(self) -> bool:
         probe = torch.randn(self.rows, self.shape[1], generator=torch.Generator().manual_seed(0))
@@ -88,22 +88,22 @@ class PackedLinear:
         return packed.shape == reference.shape and bool(((packed.float() - reference.float()).abs().max() / scale) <= tolerance)
 
     def _packed_product(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed kernel's product; for ``"mkl"``, ``x`` must have exactly ``rows`` rows."""
         if self.kernel == "mkl":
-            return torch.ops.mkl._mkl_linear(x, self._packed, self._weight, self.bias, self.rows)
+            return torch.ops.mkl._mkl_linear(x, self._packed, self._shape_only, self.bias, self.rows)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "onednn":
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+            return self._packed_product(x)
         if self.kernel == "mkl":
             rows = x.numel() // self.shape[1]
             if rows == self.rows:
-                return torch.ops.mkl._mkl_linear(x, self._packed, self._shape_only, self.bias, self.rows)
+                return self._packed_product(x)
             if rows < self.rows:
                 padded = x.new_zeros(self.rows, self.shape[1])
                 padded[:rows] = x.reshape(rows, self.shape[1])
-                out = torch.ops.mkl._mkl_linear(padded, self._packed, self._shape_only, self.bias, self.rows)
-                return out[:rows].view(*x.shape[:-1], self.shape[0])
+                return self._packed_product(padded)[:rows].view(*x.shape[:-1], self.shape[0])
         if self._weight is not None:
             return F.linear(x, self._weight, self.bias)
         out = torch.cat([F.linear(x, part) for part in self.parts], dim=-1)
