@@ -21,8 +21,9 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+def accelerate_requested(kind: str) -> bool:
+    """Whether the launch asked accelerate for ``kind`` (``"FSDP"`` or ``"DEEPSPEED"``: ``ACCELERATE_USE_<kind>``)."""
+    return os.environ.get(f"ACCELERATE_USE_{kind}", "false").strip().lower() in ("1", "true", "yes")
 
 
 def check_distributed_launch(args: TrainingArguments) -> None:
@@ -39,13 +40,13 @@ def check_distributed_launch(args: TrainingArguments) -> None:
             "machine without GPUs pass use_cpu=True (training argument `--use_cpu true`) so that the processes join "
             "a gloo group; otherwise check that the launcher sees the GPUs (CUDA_VISIBLE_DEVICES)."
         )
-    for flag, wanted in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DEEPSPEED")):
-        if _env_flag(flag) and kind != wanted:
+    for wanted in ("FSDP", "DEEPSPEED"):
+        if accelerate_requested(wanted) and kind != wanted:
             logger.warning(
-                f"the launch asked for {wanted} ({flag}=true) but accelerate set up {kind}: parameters are not "
-                f"sharded. With use_cpu=True accelerate runs {wanted} configs as plain data parallelism on CPU; "
+                f"the launch asked for {wanted} (ACCELERATE_USE_{wanted}=true) but accelerate set up {kind}: "
+                f"parameters are not sharded. With use_cpu=True accelerate runs {wanted} configs as plain data parallelism on CPU; "
                 f"{wanted} needs GPUs."
             )
 
 
-__all__ = ["check_distributed_launch"]
+__all__ = ["accelerate_requested", "check_distributed_launch"]

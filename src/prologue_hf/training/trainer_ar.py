@@ -35,7 +35,7 @@ from transformers.utils import ModelOutput, logging
 from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
 from ..vocabulary import PrologueVocabulary
 from .ema import ModelEMA
-from .launch import check_distributed_launch
+from .launch import accelerate_requested, check_distributed_launch
 from .pretokenize import PretokenizedInfo
 
 logger = logging.get_logger(__name__)
@@ -271,7 +271,8 @@ class PrologueARTrainer(Trainer):
                     info.check_tokenizer(image_tokenizer)
                 if model.config.tokenizer_identity is None:
                     model.config.tokenizer_identity = info.tokenizer_identity
-        if args.ema_halflife_steps is not None and (args.fsdp or args.deepspeed or _accelerate_uses("FSDP", "DEEPSPEED")):
+        sharded = args.fsdp or args.deepspeed or accelerate_requested("FSDP") or accelerate_requested("DEEPSPEED")
+        if args.ema_halflife_steps is not None and sharded:
             raise ValueError(
                 "ema_halflife_steps is not supported with FSDP / DeepSpeed (sharded parameters); train without EMA "
                 "(the official AR samples from the online weights, ema_sampling: False)"
@@ -406,11 +407,6 @@ class PrologueARTrainer(Trainer):
             raise ValueError("no EMA: train with ema_halflife_steps set")
         if self.args.should_save:
             self.ema.model.save_pretrained(output_dir)
-
-
-def _accelerate_uses(*kinds: str) -> bool:
-    """Whether ``accelerate launch`` configured one of ``kinds`` (``ACCELERATE_USE_FSDP`` / ``..._DEEPSPEED``)."""
-    return any(os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() in ("1", "true") for kind in kinds)
 
 
 # --------------------------------------------------------------------------------------------- samples
