@@ -5,16 +5,30 @@ import pytest
 import torch
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_DIR.parent / "shared"
-OFFICIAL_FIXTURE_DIR = SHARED_DIR / "fixtures" / "official-prologue-tiny"
+# Reference data made with the authors' unmodified code on tiny random-init models (each folder's README says how),
+# vendored so that a clone runs the parity tests. Data only: weights, configs, tensors.
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+OFFICIAL_FIXTURE_DIR = FIXTURES_DIR / "official-prologue-tiny"
+
+
+def official_fixture_path(name: str) -> Path:
+    """``tests/fixtures/<name>`` (e.g. ``official-2d-tiny``, ``official-prologue-stage1-step``); fails loudly if absent."""
+    path = FIXTURES_DIR / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"fixture folder {path} is missing from the repository")
+    return path
 
 
 @pytest.fixture
 def official_fixture_dir() -> Path:
-    """The official tiny fixture (../shared beside the repo); tests using it skip when it is absent."""
-    if not OFFICIAL_FIXTURE_DIR.is_dir():
-        pytest.skip(f"official fixture folder {OFFICIAL_FIXTURE_DIR} is absent (../shared is not beside the repo)")
-    return OFFICIAL_FIXTURE_DIR
+    """The official Prologue tiny fixture (``tests/fixtures/official-prologue-tiny``)."""
+    return official_fixture_path("official-prologue-tiny")
+
+
+@pytest.fixture
+def official_fixture():
+    """``official_fixture(name)`` -> the vendored fixture folder ``tests/fixtures/<name>``."""
+    return official_fixture_path
 
 
 @pytest.fixture
