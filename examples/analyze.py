@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from prologue_hf.analysis import (
+from prologue_hf.research.analysis import (
     attention_maps_for_images,
     attention_maps_for_samples,
     fixed_prologue_resampling,
@@ -53,7 +53,7 @@ def cmd_attention(args) -> None:
     vocab = pipe.ar.config.vocabulary
     image = None
     if args.data:
-        from prologue_hf.evaluation.data import evaluation_dataloader
+        from prologue_hf.evaluation.dataloader import evaluation_dataloader
 
         loader = evaluation_dataloader(
             args.data, args.split, pipe.tokenizer.config.image_size, args.num_images, 0, args.num_images

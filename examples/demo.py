@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import json
 
-from prologue_hf.demo import DemoConfig, run_demo
+from prologue_hf.research.demo import DemoConfig, run_demo
 
 
 def main(argv=None):

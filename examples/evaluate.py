@@ -43,7 +43,7 @@ from prologue_hf.evaluation import (
     sample_to_npz,
     train_linear_probe,
 )
-from prologue_hf.evaluation.data import evaluation_dataloader, num_batches
+from prologue_hf.evaluation.dataloader import evaluation_dataloader, num_batches
 
 
 def _write(results: dict | list, output: Path | None) -> None:
@@ -101,8 +101,8 @@ def cmd_metrics(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from prologue_hf.analysis import plot_cfg_sweep
     from prologue_hf.pipelines import SamplingParams
+    from prologue_hf.research.analysis import plot_cfg_sweep
 
     metrics = _metric_names(args)
     metric_fn = functools.partial(

@@ -16,7 +16,7 @@ import logging
 import torch
 from transformers.utils import logging as hf_logging
 
-from prologue_hf.replication import ReplicationConfig, run_replication
+from prologue_hf.research.replication import ReplicationConfig, run_replication
 
 
 def main() -> None:

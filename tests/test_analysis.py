@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from prologue_hf.analysis import (
+from prologue_hf.research.analysis import (
     attention_maps,
     attention_maps_for_images,
     attention_maps_for_samples,

@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from prologue_hf.demo import DemoConfig, run_demo
+from prologue_hf.research.demo import DemoConfig, run_demo
 
 
 def test_demo_end_to_end_miniature(tmp_path):

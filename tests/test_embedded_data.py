@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from prologue_hf.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from prologue_hf.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 
 def test_embedded_fashion_mnist_subset():

@@ -449,7 +449,7 @@ def test_example_reconstruction_and_probe(tmp_path, load_example):
     assert results["num_images"] == 6 and (tmp_path / "rec" / "reconstructions.png").exists()
     import PIL.Image
 
-    from prologue_hf.evaluation.data import evaluation_dataloader
+    from prologue_hf.evaluation.dataloader import evaluation_dataloader
 
     loader = evaluation_dataloader(str(data), "validation", 32, 4)
     images = torch.cat([b["pixel_values"] for b in loader])

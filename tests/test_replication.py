@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from prologue_hf.replication import (
+from prologue_hf.research.replication import (
     METRICS,
     ReplicationConfig,
     aggregate,

@@ -103,9 +103,7 @@ _LAZY = {
          "load_metric", "frechet_distance", "EfficientNetLite0Features", "InceptionV3Features"],
         "evaluation",
     ),
-    "load_fashion_mnist": "data",
-    **dict.fromkeys(["DemoConfig", "run_demo"], "demo"),
-    **dict.fromkeys(["ReplicationConfig", "run_replication", "aggregate", "results_table", "sampling_sweep"], "replication"),
+    "load_fashion_mnist": "fashion_mnist",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import evaluation_dataloader
+from .dataloader import evaluation_dataloader
 from .features import (
     FD_EFFNET_LITE0,
     EfficientNetLite0,

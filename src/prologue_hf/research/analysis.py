@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
-from .models.modeling_prologue_ar import PrologueARForCausalLM
-from .models.modeling_prologue_tokenizer import PrologueTokenizerModel
-from .vocabulary import PrologueVocabulary
+from ..models.modeling_prologue_ar import PrologueARForCausalLM
+from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
+from ..vocabulary import PrologueVocabulary
 
 logger = logging.get_logger(__name__)
 

@@ -88,9 +88,9 @@ class DemoConfig:
 
 
 def _stage1(config: DemoConfig, train_dir: str, out: str):
-    from .training.data import ImageDataArguments
-    from .training.losses import PrologueStage1LossConfig
-    from .training.trainer_tokenizer import (
+    from ..training.data import ImageDataArguments
+    from ..training.losses import PrologueStage1LossConfig
+    from ..training.trainer_tokenizer import (
         PrologueStage1ModelArguments,
         PrologueTokenizerTrainingArguments,
         train_tokenizer,
@@ -161,8 +161,8 @@ def _stage1(config: DemoConfig, train_dir: str, out: str):
 
 
 def _stage2(config: DemoConfig, tokens_dir: str, tokenizer_dir: str, out: str):
-    from .training.ar_recipe import PrologueARScriptArguments, train_ar
-    from .training.trainer_ar import PrologueARTrainingArguments
+    from ..training.ar_recipe import PrologueARScriptArguments, train_ar
+    from ..training.trainer_ar import PrologueARTrainingArguments
 
     script_args = PrologueARScriptArguments(
         dataset_name_or_path=tokens_dir,
@@ -268,12 +268,12 @@ def _visual_nll_bits(ar, tokens, batch_size: int = 256) -> dict[str, float]:
 
 def run_demo(config: DemoConfig) -> dict:
     """Run the whole demo; returns the report values (also written to ``output_dir/report.json`` and ``report.md``)."""
-    from .data import FASHION_MNIST_CLASSES, load_fashion_mnist
-    from .evaluation.reconstruction import psnr
-    from .models import PrologueARForCausalLM, PrologueTokenizerModel
-    from .pipelines import ProloguePipeline, SamplingParams
-    from .training.data import load_image_dataset
-    from .training.pretokenize import PretokenizeConfig, load_pretokenized_dataset, pretokenize_dataset
+    from ..evaluation.reconstruction import psnr
+    from ..fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from ..models import PrologueARForCausalLM, PrologueTokenizerModel
+    from ..pipelines import ProloguePipeline, SamplingParams
+    from ..training.data import load_image_dataset
+    from ..training.pretokenize import PretokenizeConfig, load_pretokenized_dataset, pretokenize_dataset
 
     start = time.time()
     out = os.path.abspath(config.output_dir)
@@ -362,7 +362,7 @@ def run_demo(config: DemoConfig) -> dict:
 
     # 8. Fréchet distance on the offline EfficientNet-Lite0 features (never called FID)
     if config.fd_images:
-        from .evaluation import EfficientNetLite0Features, extract_features, frechet_distance
+        from ..evaluation import EfficientNetLite0Features, extract_features, frechet_distance
 
         n = min(config.fd_images, len(test_set))
         per_class = max(1, n // 10)

@@ -1,7 +1,7 @@
 """CPU mini-replication of the paper's main effect: Prologue vs the 2D baseline at equal budget (issue 9, part 3).
 
 Every variant (the 2D baseline ``num_prologue_tokens=0`` and Prologue with ``K`` prologue tokens) is trained by the
-same :func:`prologue_hf.demo.run_demo` path (stage 1 -> pretokenize -> stage 2 -> ``ProloguePipeline``) with the same
+same :func:`prologue_hf.research.demo.run_demo` path (stage 1 -> pretokenize -> stage 2 -> ``ProloguePipeline``) with the same
 data, budget, AR size and seeds, then scored on the held-out test split:
 
 * visual-token NLL (bits/token, teacher forced, from the demo report) and the total bits of one image's sequence;
@@ -46,7 +46,7 @@ METRICS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class ReplicationConfig:
-    """The sweep: variants x seeds, each a :class:`~prologue_hf.demo.DemoConfig` run, plus the evaluation budget.
+    """The sweep: variants x seeds, each a :class:`~prologue_hf.research.demo.DemoConfig` run, plus the evaluation budget.
 
     Attributes:
         output_dir: intermediate outputs (models, tokens, samples); keep it outside the repository.
@@ -106,7 +106,7 @@ def sampling_sweep(num_prologue_tokens: int, visual_scales: list, prologue_scale
     """``{name: SamplingParams}``: ``"none"`` (no guidance) and one segmented run per visual scale; Prologue models
     also guide the prologue segment with ``prologue_scale`` (paper Table A5 uses 0.7 with a cosine visual ramp;
     here both segments are constant so the baseline and Prologue share one visual schedule)."""
-    from .pipelines.sampling import GuidanceSchedule, SamplingParams
+    from ..pipelines.sampling import GuidanceSchedule, SamplingParams
 
     sweep = {"none": SamplingParams()}
     for scale in visual_scales:
@@ -116,7 +116,7 @@ def sampling_sweep(num_prologue_tokens: int, visual_scales: list, prologue_scale
 
 
 def _images_uint8(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    from .evaluation import stack_images
+    from ..evaluation import stack_images
 
     return stack_images(dataset["image"]), torch.as_tensor(dataset["label"]).long()
 
@@ -131,9 +131,9 @@ def evaluate_run(
     """Train one (variant, seed) through ``run_demo`` and score it; returns (and caches) the run's metrics."""
     import datasets
 
+    from ..evaluation import extract_features, extract_probe_features, frechet_distance, train_linear_probe
+    from ..pipelines import ProloguePipeline
     from .demo import run_demo
-    from .evaluation import extract_features, extract_probe_features, frechet_distance, train_linear_probe
-    from .pipelines import ProloguePipeline
 
     run_dir = os.path.join(os.path.abspath(config.output_dir), variant["name"], f"seed{seed}")
     cached = os.path.join(run_dir, "metrics.json")
@@ -293,9 +293,9 @@ def plot_results(summary: dict, runs: list[dict], path: str) -> None:
 def run_replication(config: ReplicationConfig, results_path: str | None = None, figure_path: str | None = None) -> dict:
     """Train and score every (variant, seed) sequentially; returns ``{"config", "runs", "summary", "table",
     "wall_seconds"}`` (also written to ``results_path`` as JSON, with the plot at ``figure_path``)."""
-    from .data import load_fashion_mnist
+    from ..evaluation import EfficientNetLite0Features, extract_features
+    from ..fashion_mnist import load_fashion_mnist
     from .demo import DemoConfig
-    from .evaluation import EfficientNetLite0Features, extract_features
 
     start = time.time()
     os.makedirs(config.output_dir, exist_ok=True)
