@@ -16,7 +16,8 @@ import os
 
 import torch
 
-from prologue_hf import PackedARDecoder, PrologueARConfig, PrologueARForCausalLM
+from prologue_hf import PrologueARConfig, PrologueARForCausalLM
+from prologue_hf.pipelines import PackedARDecoder
 
 
 def resident_mb() -> float:

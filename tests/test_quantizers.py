@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from prologue_hf import L2VectorQuantizer, ProbSTEQuantizer
+from prologue_hf.models import L2VectorQuantizer, ProbSTEQuantizer
 
 
 def _features(seed=0, batch=2, length=5, dim=12):

@@ -1,8 +1,11 @@
 """prologue-hf: Prologue (arXiv 2605.06137) for transformers / diffusers users.
 
-Importing the package registers the configs and models with the transformers ``Auto*`` classes. The models, configs
-and vocabulary are imported eagerly; the pipeline, training, conversion and evaluation names load on first use (they
-pull in diffusers / datasets), so ``import prologue_hf`` stays light.
+The top level holds what a user of the models, the pipeline, the trainers, the converter and the metrics needs
+(``__all__``, listed in docs/api.md); everything else is imported from its module (``prologue_hf.models``,
+``.pipelines``, ``.training``, ``.conversion``, ``.evaluation``). Importing the package registers the four configs
+and their models with the transformers ``Auto*`` classes. The models, configs and vocabulary are imported eagerly;
+the pipeline, training, conversion and evaluation names load on first use (they pull in diffusers / datasets), so
+``import prologue_hf`` stays light.
 """
 
 from __future__ import annotations
@@ -13,21 +16,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .models import (
     AR_PRESETS,
-    L2VectorQuantizer,
-    ProbSTEQuantizer,
     PrologueARConfig,
     PrologueARForCausalLM,
     PrologueARModel,
     PrologueTokenizerConfig,
-    PrologueTokenizerDecoderOutput,
-    PrologueTokenizerEncoderOutput,
     PrologueTokenizerModel,
-    PrologueTokenizerOutput,
-    QuantizerOutput,
 )
 from .models.configuration_prologue_post import ProloguePostConfig
 from .models.discriminator import PrologueDiscriminator, PrologueDiscriminatorConfig
-from .models.modeling_prologue_post import ProloguePostEncoderOutput, ProloguePostModel
+from .models.modeling_prologue_post import ProloguePostModel
 from .vocabulary import PrologueVocabulary
 
 __version__ = "0.1.0"
@@ -68,42 +65,66 @@ def check_compatible(tokenizer_config, ar_config: PrologueARConfig) -> None:
 # name -> submodule, imported on first attribute access (PEP 562)
 _LAZY = {
     **dict.fromkeys(
-        ["ProloguePipeline", "ProloguePipelineOutput", "SamplingParams", "GuidanceSchedule", "SamplerOutput",
-         "SAMPLING_PRESETS", "generate_ids", "PrologueSegmentLogitsProcessor", "imagenet_id2label",
-         "prologue_model_card", "PackedARDecoder", "packed_decoder_unsupported", "PreallocatedCache"],
+        ["ProloguePipeline", "ProloguePipelineOutput", "SamplingParams", "GuidanceSchedule", "SAMPLING_PRESETS"],
         "pipelines",
     ),
     **dict.fromkeys(
         ["PrologueTokenizerTrainer", "PrologueTokenizerTrainingArguments", "PrologueStage1Model",
-         "PrologueStage1LossConfig", "PrologueStage1ModelArguments", "load_image_dataset", "ImageTransform",
-         "routed_ar_loss", "ModelEMA"],
+         "PrologueStage1LossConfig"],
         "training",
     ),
+    **dict.fromkeys(["PrologueARTrainer", "PrologueARTrainingArguments"], "training.trainer_ar"),
+    **dict.fromkeys(["pretokenize_dataset", "load_pretokenized_dataset"], "training.pretokenize"),
     **dict.fromkeys(
-        ["PrologueARTrainer", "PrologueARTrainingArguments", "PrologueARDataCollator"], "training.trainer_ar"
+        ["ProloguePostTrainer", "ProloguePostStage1Model", "ProloguePostLossConfig"], "training.trainer_post"
     ),
-    **dict.fromkeys(["pretokenize_dataset", "load_pretokenized_dataset", "tokenizer_identity"], "training.pretokenize"),
+    "load_visual_tokenizer": "models.visual_tokenizers",
+    **dict.fromkeys(["convert_official_checkpoint", "save_official_ar"], "conversion"),
     **dict.fromkeys(
-        ["ProloguePostTrainer", "ProloguePostStage1Model", "ProloguePostLossConfig", "train_post"],
-        "training.trainer_post",
+        ["sample_to_npz", "compute_generation_metrics", "evaluate_reconstruction", "train_linear_probe",
+         "load_metric"],
+        "evaluation",
     ),
+}
+
+# Names the top level exported before the API was cut to the list above: old name -> the module to import it from
+# (docs/api.md, "Moved"). Reaching one through ``prologue_hf.<name>`` raises an AttributeError that says where it went.
+_MOVED = {
+    **dict.fromkeys(
+        ["L2VectorQuantizer", "ProbSTEQuantizer", "QuantizerOutput", "PrologueTokenizerEncoderOutput",
+         "PrologueTokenizerDecoderOutput", "PrologueTokenizerOutput"],
+        "prologue_hf.models",
+    ),
+    "ProloguePostEncoderOutput": "prologue_hf.models.modeling_prologue_post",
+    **dict.fromkeys(["PrologueDiscriminator", "PrologueDiscriminatorConfig"], "prologue_hf.models.discriminator"),
     **dict.fromkeys(
         ["VisualTokenizerAdapter", "VisualTokenizerOutput", "PrologueTokenizerAdapter", "DiffusersVQModelAdapter",
          "JanusVQVAEAdapter", "Emu3VQVAEAdapter", "ChameleonVQVAEAdapter", "adapter_for_model",
-         "load_visual_tokenizer", "register_visual_tokenizer_adapter", "detect_adapter_type"],
-        "models.visual_tokenizers",
+         "register_visual_tokenizer_adapter", "detect_adapter_type"],
+        "prologue_hf.models.visual_tokenizers",
     ),
     **dict.fromkeys(
-        ["convert_official_checkpoint", "convert_official_tokenizer", "convert_official_ar", "ar_to_official",
-         "save_official_ar"],
-        "conversion",
+        ["SamplerOutput", "generate_ids", "PrologueSegmentLogitsProcessor", "imagenet_id2label",
+         "prologue_model_card", "PreallocatedCache"],
+        "prologue_hf.pipelines",
     ),
     **dict.fromkeys(
-        ["sample_to_npz", "compute_generation_metrics", "evaluate_reconstruction", "train_linear_probe",
-         "load_metric", "frechet_distance", "EfficientNetLite0Features", "InceptionV3Features"],
-        "evaluation",
+        ["PrologueStage1ModelArguments", "load_image_dataset", "ImageTransform", "routed_ar_loss", "ModelEMA"],
+        "prologue_hf.training",
     ),
-    "load_fashion_mnist": "fashion_mnist",
+    "PrologueARDataCollator": "prologue_hf.training.trainer_ar",
+    "tokenizer_identity": "prologue_hf.training.pretokenize",
+    "train_post": "prologue_hf.training.trainer_post",
+    **dict.fromkeys(["convert_official_tokenizer", "convert_official_ar", "ar_to_official"], "prologue_hf.conversion"),
+    **dict.fromkeys(
+        ["frechet_distance", "EfficientNetLite0Features", "InceptionV3Features"], "prologue_hf.evaluation"
+    ),
+    "load_fashion_mnist": "prologue_hf.fashion_mnist",
+    **dict.fromkeys(["DemoConfig", "run_demo"], "prologue_hf.research.demo"),
+    **dict.fromkeys(
+        ["ReplicationConfig", "run_replication", "aggregate", "results_table", "sampling_sweep"],
+        "prologue_hf.research.replication",
+    ),
 }
 
 
@@ -112,6 +133,11 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
+    if name in _MOVED:
+        raise AttributeError(
+            f"prologue_hf.{name} is no longer exported at the top level: use `from {_MOVED[name]} import {name}` "
+            "(docs/api.md, 'Moved')"
+        )
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -121,23 +147,14 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AR_PRESETS",
-    "L2VectorQuantizer",
     "PrologueARConfig",
     "PrologueARForCausalLM",
     "PrologueARModel",
-    "PrologueDiscriminator",
-    "PrologueDiscriminatorConfig",
     "ProloguePostConfig",
-    "ProloguePostEncoderOutput",
     "ProloguePostModel",
     "PrologueTokenizerConfig",
-    "PrologueTokenizerDecoderOutput",
-    "PrologueTokenizerEncoderOutput",
     "PrologueTokenizerModel",
-    "PrologueTokenizerOutput",
     "PrologueVocabulary",
-    "ProbSTEQuantizer",
-    "QuantizerOutput",
     "check_compatible",
     *_LAZY,
 ]
