@@ -1,11 +1,13 @@
-"""Configuration of :class:`~prologue_hf.ProloguePostModel` (Prologue-Post, paper section 2.3)."""
+"""Configuration of :class:`~prologue_hf.ProloguePostModel` (Prologue-Post, paper section 2.3).
 
-from __future__ import annotations
+No ``from __future__ import annotations``: ``@strict`` then checks every field's type on assignment (see
+:mod:`~prologue_hf.models.configuration_prologue_tokenizer`).
+"""
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_prologue_tokenizer import PrologueTokenizerConfig
+from .configuration_prologue_tokenizer import PrologueTokenizerConfig, normalize_config_fields
 
 ENCODER_INPUTS = ("features", "pixels")
 
@@ -62,20 +64,21 @@ class ProloguePostConfig(PreTrainedConfig):
     num_prologue_tokens: int = 16
     prologue_codebook_size: int = 1024
     codebook_dim: int = 14
-    prologue_temperature: float = 0.1
+    prologue_temperature: float | int = 0.1
     hidden_size: int = 512
     num_hidden_layers: int = 10
     num_attention_heads: int = 8
     intermediate_size: int | None = None
     rope_axes_dim: list[int] | tuple[int, ...] = (20, 20, 24)
-    patch_rope_theta: float = 2000.0
-    query_rope_theta: float = 10000.0
-    layer_scale_init: float = 1e-5
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
+    patch_rope_theta: float | int = 2000.0
+    query_rope_theta: float | int = 10000.0
+    layer_scale_init: float | int = 1e-5
+    dropout: float | int = 0.0
+    attention_dropout: float | int = 0.0
+    initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
+        normalize_config_fields(self)
         self.rope_axes_dim = list(self.rope_axes_dim)
         if self.intermediate_size is None:
             self.intermediate_size = round(self.hidden_size * 8 / 3)

@@ -1,11 +1,31 @@
-"""Configuration of :class:`~prologue_hf.PrologueTokenizerModel`."""
+"""Configuration of :class:`~prologue_hf.PrologueTokenizerModel`.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` in the configuration modules: ``@strict`` checks a field's type on
+assignment only when its annotation is a real type, not a string. So ``hidden_size="64"`` or ``image_size=32.0``
+(in code or in a ``config.json``) fails at once with ``StrictDataclassFieldValidationError`` naming the field and the
+expected type, as transformers' own configs do, instead of a formatting error deep inside ``__post_init__``.
+"""
+
+import dataclasses
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 TOKENIZER_TYPES = ("prologue", "2d", "1d")
+
+
+def normalize_config_fields(config: PreTrainedConfig) -> None:
+    """Shared ``__post_init__`` step of the Prologue configs.
+
+    Real-valued fields are annotated ``float | int`` so that ``2000`` is as good as ``2000.0``; they are stored as
+    floats so that a config (and the tokenizer identity hashed from it) does not depend on how a number was
+    written. ``id2label`` given as a list of names becomes ``{index: name}`` (transformers only takes a dict).
+    """
+    for field in dataclasses.fields(config):
+        if field.type == float | int:
+            setattr(config, field.name, float(getattr(config, field.name)))
+    if isinstance(config.id2label, (list, tuple)):
+        config.id2label = dict(enumerate(config.id2label))
 
 
 @strict
@@ -50,8 +70,8 @@ class PrologueTokenizerConfig(PreTrainedConfig):
     visual_codebook_size: int = 16384
     prologue_codebook_size: int = 1024
     codebook_dim: int = 14
-    prologue_temperature: float = 0.1
-    commitment_beta: float = 0.25
+    prologue_temperature: float | int = 0.1
+    commitment_beta: float | int = 0.25
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -61,14 +81,15 @@ class PrologueTokenizerConfig(PreTrainedConfig):
     decoder_num_attention_heads: int = 12
     decoder_intermediate_size: int | None = None
     rope_axes_dim: list[int] | tuple[int, ...] = (20, 20, 24)
-    patch_rope_theta: float = 2000.0
-    query_rope_theta: float = 10000.0
-    layer_scale_init: float = 1e-5
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
+    patch_rope_theta: float | int = 2000.0
+    query_rope_theta: float | int = 10000.0
+    layer_scale_init: float | int = 1e-5
+    dropout: float | int = 0.0
+    attention_dropout: float | int = 0.0
+    initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
+        normalize_config_fields(self)
         self.rope_axes_dim = list(self.rope_axes_dim)
         if self.intermediate_size is None:
             self.intermediate_size = round(self.hidden_size * 8 / 3)
@@ -126,7 +147,7 @@ class PrologueTokenizerConfig(PreTrainedConfig):
         return self.num_latent_tokens if self.tokenizer_type == "1d" else self.num_patches
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> PrologueTokenizerConfig:
+    def from_preset(cls, name: str, **overrides) -> "PrologueTokenizerConfig":
         """Paper presets (appendix Table A4): ``"B"`` (86M enc / 86M dec, 16K visual codes) and ``"L"``
         (86M enc / 305M dec, 4K visual codes). Both: 256px, patch 16, K=16, prologue codebook 1024.
 
