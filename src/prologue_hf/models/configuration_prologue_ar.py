@@ -1,11 +1,14 @@
-"""Configuration of :class:`~prologue_hf.PrologueARForCausalLM`: a ``LlamaConfig`` over the combined vocabulary."""
+"""Configuration of :class:`~prologue_hf.PrologueARForCausalLM`: a ``LlamaConfig`` over the combined vocabulary.
 
-from __future__ import annotations
+No ``from __future__ import annotations``: ``@strict`` then checks every field's type on assignment (see
+:mod:`~prologue_hf.models.configuration_prologue_tokenizer`).
+"""
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 from ..vocabulary import PrologueVocabulary
+from .configuration_prologue_tokenizer import normalize_config_fields
 
 # Paper appendix Table A4 and the official configs (ar/small, base, large, xlarge). The paper's XL row
 # (24 x 2048 x 20) contradicts the official config and its own 685M count; the official 32 x 1280 x 20 is used.
@@ -50,9 +53,9 @@ class PrologueARConfig(LlamaConfig):
     num_visual_tokens: int = 256
     num_classes: int = 1000
     use_qk_norm: bool = False
-    rope_axes_dim: list[int] | None = None
-    embedding_dropout: float = 0.0
-    hidden_dropout: float = 0.0
+    rope_axes_dim: list[int] | tuple[int, ...] | None = None
+    embedding_dropout: float | int = 0.0
+    hidden_dropout: float | int = 0.0
     tokenizer_identity: str | None = None
     vocab_size: int | None = None
     hidden_size: int = 768
@@ -65,6 +68,7 @@ class PrologueARConfig(LlamaConfig):
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        normalize_config_fields(self)
         vocabulary = PrologueVocabulary(
             self.visual_vocab_size,
             self.prologue_vocab_size,
@@ -103,7 +107,7 @@ class PrologueARConfig(LlamaConfig):
         )
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> PrologueARConfig:
+    def from_preset(cls, name: str, **overrides) -> "PrologueARConfig":
         """Paper / official AR sizes: ``"compact"`` (the ~40M stage-1 AR, 10 x 512, tied embeddings), ``"B"``
         (115M, 12 x 768), ``"L"`` (24 x 1024), ``"XL"`` (685M, 32 x 1280, the official config).
 
@@ -117,7 +121,7 @@ class PrologueARConfig(LlamaConfig):
         return cls(**{**AR_PRESETS[name], **overrides})
 
     @classmethod
-    def for_tokenizer(cls, tokenizer_config, num_classes: int, **kwargs) -> PrologueARConfig:
+    def for_tokenizer(cls, tokenizer_config, num_classes: int, **kwargs) -> "PrologueARConfig":
         """An AR config whose vocabulary matches ``tokenizer_config`` (a :class:`PrologueTokenizerConfig`)."""
         return cls(
             visual_vocab_size=tokenizer_config.visual_codebook_size,
