@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
+from prologue_hf.image_grid import image_grid
 from prologue_hf.research.analysis import (
     attention_maps_for_images,
     attention_maps_for_samples,
     fixed_prologue_resampling,
     plot_attention_layers,
     plot_cfg_sweep,
-    plot_image_rows,
     plot_prologue_heatmaps,
     prologue_heatmaps,
 )
@@ -89,7 +89,10 @@ def cmd_resample(args) -> None:
     names = [str(id2label.get(c, id2label.get(str(c), c))).split(",")[0] for c in classes]
     output = Path(args.output_dir) / "fixed_prologue.png"
     output.parent.mkdir(parents=True, exist_ok=True)
-    plot_image_rows(rows, output, row_labels=[*names, f"{names[0]} (free)"])
+    height = rows.shape[2]
+    grid = image_grid(rows.reshape(-1, *rows.shape[2:]), rows=len(rows), labels=[*names, f"{names[0]} (free)"],
+                      scale=max(1, 96 // height))  # small images get a readable figure
+    grid.save(output)
     print(output)
 
 

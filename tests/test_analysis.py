@@ -8,6 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
+from prologue_hf.image_grid import image_grid
 from prologue_hf.research.analysis import (
     attention_maps,
     attention_maps_for_images,
@@ -16,7 +17,6 @@ from prologue_hf.research.analysis import (
     fixed_prologue_resampling,
     plot_attention_layers,
     plot_cfg_sweep,
-    plot_image_rows,
     plot_prologue_heatmaps,
     prologue_heatmaps,
     sequence_positions,
@@ -153,7 +153,7 @@ class RecordingPipeline:
         return out
 
 
-def test_fixed_prologue_resampling_holds_the_prologue(tmp_path):
+def test_fixed_prologue_resampling_holds_the_prologue():
     from prologue_hf.testing import tiny_pipeline
 
     pipe = tiny_pipeline()
@@ -169,10 +169,10 @@ def test_fixed_prologue_resampling_holds_the_prologue(tmp_path):
     assert np.array_equal(rows[2], free.images.permute(0, 2, 3, 1).numpy())
     again = fixed_prologue_resampling(pipe, [3, 7], num_resamples=3, generator=torch.Generator().manual_seed(0))
     assert np.array_equal(again, rows)  # deterministic under a seeded generator
-    image = _png(plot_image_rows(rows, tmp_path / "fig1.png", row_labels=["class 3", "class 7", "free"]))
-    assert image.size[0] > image.size[1]
-    with pytest.raises(ValueError, match="row_labels"):
-        plot_image_rows(rows, tmp_path / "bad.png", row_labels=["one"])
+    grid = np.asarray(image_grid(rows.reshape(-1, 32, 32, 3), rows=3, labels=["class 3", "class 7", "free"]))
+    margin = grid.shape[1] - (3 * 34 - 2)
+    assert grid.shape[0] == 3 * 34 - 2 and margin > 0
+    assert np.array_equal(grid[34:66, margin + 68 :], rows[1, 2])  # row r, column c of the figure is rows[r, c]
     assert math.isfinite(float(rows.mean()))
 
 

@@ -30,8 +30,10 @@ def test_demo_end_to_end_miniature(tmp_path):
     out = tmp_path / "demo"
     for name in ("samples.png", "reconstructions.png", "loss_curves.png", "report.md", "report.json"):
         assert (out / name).is_file(), name
-    # 10 class rows + 1 fixed-prologue row of 2 samples, 32px cells with 2px gaps, scaled x3
-    assert PIL.Image.open(out / "samples.png").size == (2 * 34 * 3, 11 * 34 * 3)
+    # 10 class rows + 1 fixed-prologue row of 2 samples, 32px cells with 2px gaps, scaled x3, class names on the left
+    width, height = PIL.Image.open(out / "samples.png").size
+    assert height == (11 * 34 - 2) * 3 and width > (2 * 34 - 2) * 3
+    assert PIL.Image.open(out / "reconstructions.png").size[1] == (2 * 34 - 2) * 3
     saved = json.loads((out / "report.json").read_text())
     assert saved["config"]["stage1_steps"] == 4
     for value in (report["reconstruction_l1"], report["reconstruction_psnr_db"], report["fd_effnet_lite0"]["value"]):

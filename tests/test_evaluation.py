@@ -336,9 +336,10 @@ def test_evaluate_reconstruction_values_usage_and_grid(tmp_path):
     import PIL.Image
 
     grid = np.asarray(PIL.Image.open(tmp_path / "grid.png"))
-    assert grid.shape == (64, 96, 3)
-    assert np.array_equal(grid[:32, 32:64], images[1].permute(1, 2, 0).numpy())  # originals on top
-    assert np.array_equal(grid[32:, :32], recon[0].permute(1, 2, 0).numpy())  # reconstructions below
+    margin = grid.shape[1] - (3 * 34 - 2)  # 3 columns of 32px with 2px gaps, row labels on the left
+    assert grid.shape[0] == 2 * 34 - 2 and margin > 0
+    assert np.array_equal(grid[:32, margin + 34 : margin + 66], images[1].permute(1, 2, 0).numpy())  # originals on top
+    assert np.array_equal(grid[34:, margin : margin + 32], recon[0].permute(1, 2, 0).numpy())  # reconstructions below
     assert evaluate_reconstruction(tokenizer, batches, max_images=5).num_images == 5
     assert json.dumps(results.to_dict())
 

@@ -37,7 +37,7 @@ from .probe import (
     pooled_token_features,
     train_linear_probe,
 )
-from .reconstruction import ReconstructionResults, comparison_grid, evaluate_reconstruction, psnr, ssim
+from .reconstruction import ReconstructionResults, evaluate_reconstruction, psnr, ssim
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 """Folder of the ``evaluate`` modules shipped with the package (one sub-folder per module)."""
@@ -78,7 +78,6 @@ __all__ = [
     "as_uint8_images",
     "available_metrics",
     "check_adm_images",
-    "comparison_grid",
     "compute_generation_metrics",
     "evaluate_reconstruction",
     "evaluation_dataloader",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..training.data import ImageTrainingCollator, ImageTransform, load_image_dataset, prepare_image_dataset
+from ..training.image_data import ImageTrainingCollator, ImageTransform, load_image_dataset, prepare_image_dataset
 
 
 def evaluation_dataloader(
@@ -22,7 +22,7 @@ def evaluation_dataloader(
 
     Images are resized (shorter side to ``image_size``, bicubic) and center-cropped, the usual ImageNet evaluation
     preprocessing (rFID / PSNR on the 50k validation images, linear-probe features). Sources are those of
-    :func:`prologue_hf.training.data.load_image_dataset` (image folder, ``save_to_disk`` folder, Hub name).
+    :func:`prologue_hf.training.image_data.load_image_dataset` (image folder, ``save_to_disk`` folder, Hub name).
 
     Args:
         max_images: keep only the first ``max_images`` images.

@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import PIL.Image
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
+from ..image_grid import image_grid
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
 from .features import feature_statistics, frechet_distance_from_statistics
 
@@ -52,16 +52,6 @@ def ssim(reconstructions: torch.Tensor, originals: torch.Tensor, data_range: flo
     return structural_similarity_index_measure(
         reconstructions.double(), originals.double(), data_range=data_range, reduction="none"
     )
-
-
-def comparison_grid(originals: torch.Tensor, reconstructions: torch.Tensor, max_columns: int = 8) -> PIL.Image.Image:
-    """uint8 ``[B, 3, H, W]`` originals (top row) over their reconstructions (bottom row), one PIL image."""
-    from diffusers.utils import make_image_grid
-
-    count = min(max_columns, originals.shape[0])
-    tiles = [PIL.Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in originals[:count]]
-    tiles += [PIL.Image.fromarray(img.permute(1, 2, 0).cpu().numpy()) for img in reconstructions[:count]]
-    return make_image_grid(tiles, rows=2, cols=count)
 
 
 @dataclass
@@ -127,7 +117,7 @@ def evaluate_reconstruction(
             Fréchet distance between original and reconstruction features. ``None`` = no Fréchet distance.
         max_images: stop after this many images.
         compute_ssim: also compute SSIM.
-        grid_path: write a PNG of the first ``grid_columns`` originals (top) and reconstructions (bottom).
+        grid_path: write a PNG of the first ``grid_columns`` originals (top row) and reconstructions (bottom row).
         total_batches: for the progress bar.
 
     Returns:
@@ -163,7 +153,9 @@ def evaluate_reconstruction(
             feats[name][0].append(extractor(originals)["features"].float().cpu())
             feats[name][1].append(extractor(recons)["features"].float().cpu())
         if not grid_written:
-            comparison_grid(originals, recons, grid_columns).save(grid_path)
+            count = min(grid_columns, originals.shape[0])
+            grid = image_grid(torch.cat([originals[:count], recons[:count]]), rows=2, labels=["original", "reconstruction"])
+            grid.save(grid_path)
             grid_written = True
         seen += pixels.shape[0]
         if max_images is not None and seen >= max_images:
@@ -192,4 +184,4 @@ def evaluate_reconstruction(
     )
 
 
-__all__ = ["ReconstructionResults", "comparison_grid", "evaluate_reconstruction", "psnr", "ssim"]
+__all__ = ["ReconstructionResults", "evaluate_reconstruction", "psnr", "ssim"]

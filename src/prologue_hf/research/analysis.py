@@ -1,11 +1,11 @@
-"""Analysis figures of the paper, computed from models and written as PNG with matplotlib.
+"""Analysis figures of the paper, computed from models and written as PNG (matplotlib for the plots).
 
 * :func:`attention_maps` + :func:`plot_attention_layers`: AR attention per layer with the prologue/visual boundary
   (paper Fig. 6 and A2: head-averaged, self-attention diagonal and first token masked, gray dashed boundary).
 * :func:`prologue_heatmaps` + :func:`plot_prologue_heatmaps`: attention from the visual tokens to each prologue token,
   averaged over the last 8 layers and all heads, on the visual grid (Fig. 7 / A4).
-* :func:`fixed_prologue_resampling` + :func:`plot_image_rows`: rows that share their prologue tokens while the visual
-  tokens are resampled (Fig. 1 / A3).
+* :func:`fixed_prologue_resampling`: rows that share their prologue tokens while the visual tokens are resampled
+  (Fig. 1 / A3); :func:`prologue_hf.image_grid.image_grid` tiles them with class names.
 * :func:`plot_cfg_sweep`: gFID and IS against the visual guidance scale (Fig. A1), from
   :func:`prologue_hf.evaluation.run_cfg_sweep` results.
 
@@ -283,36 +283,6 @@ def fixed_prologue_resampling(
     return images.reshape(-1, num_resamples, *images.shape[1:])
 
 
-def plot_image_rows(
-    rows: np.ndarray, path: str | os.PathLike, row_labels: Sequence[str] | None = None, title: str | None = None
-) -> Path:
-    """Draw uint8 ``[R, S, H, W, 3]`` as an R x S grid with optional row labels (e.g. class names) and save a PNG."""
-    rows = np.asarray(rows)
-    if rows.ndim != 5 or rows.dtype != np.uint8:
-        raise ValueError(f"rows must be uint8 [R, S, H, W, 3], got {rows.dtype} {list(rows.shape)}")
-    num_rows, num_cols, height, width, _ = rows.shape
-    if row_labels is not None and len(row_labels) != num_rows:
-        raise ValueError(f"row_labels has {len(row_labels)} entries for {num_rows} rows")
-    gap = max(1, height // 32)  # white separators between tiles
-    grid = np.full((num_rows * (height + gap) - gap, num_cols * (width + gap) - gap, 3), 255, dtype=np.uint8)
-    for r in range(num_rows):
-        for c in range(num_cols):
-            grid[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = rows[r, c]
-    scale = max(1.0, 96.0 / height)  # small test images still get a readable figure
-    fig = _new_figure(num_cols * width * scale / 100 + 1.5, num_rows * height * scale / 100 + (0.5 if title else 0.2))
-    ax = fig.add_subplot()
-    ax.imshow(grid, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([r * (height + gap) + height / 2 for r in range(num_rows)], row_labels or [""] * num_rows)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    if title:
-        ax.set_title(title)
-    path = Path(path)
-    fig.savefig(path)
-    return path
-
-
 # --------------------------------------------------------------------------------------------------------- Fig. A1
 def plot_cfg_sweep(
     results: Mapping[str, Sequence[Mapping[str, float]]] | Sequence[Mapping[str, float]],
@@ -364,7 +334,6 @@ __all__ = [
     "fixed_prologue_resampling",
     "plot_attention_layers",
     "plot_cfg_sweep",
-    "plot_image_rows",
     "plot_prologue_heatmaps",
     "prologue_heatmaps",
     "sequence_positions",

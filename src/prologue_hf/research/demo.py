@@ -88,7 +88,7 @@ class DemoConfig:
 
 
 def _stage1(config: DemoConfig, train_dir: str, out: str):
-    from ..training.data import ImageDataArguments
+    from ..training.image_data import ImageDataArguments
     from ..training.losses import PrologueStage1LossConfig
     from ..training.trainer_tokenizer import (
         PrologueStage1ModelArguments,
@@ -193,24 +193,6 @@ def _stage2(config: DemoConfig, tokens_dir: str, tokenizer_dir: str, out: str):
     return train_ar(script_args, training_args)
 
 
-def _grid(images: np.ndarray, rows: int) -> np.ndarray:
-    """``[N, H, W, C]`` uint8 -> one ``[rows*H, cols*W, C]`` image with 2px gaps."""
-    n, h, w, c = images.shape
-    cols = math.ceil(n / rows)
-    canvas = np.full((rows * (h + 2), cols * (w + 2), c), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, col = divmod(i, cols)
-        canvas[r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = image
-    return canvas
-
-
-def _save_png(array: np.ndarray, path: str, scale: int = 2) -> None:
-    import PIL.Image
-
-    image = PIL.Image.fromarray(array)
-    image.resize((image.width * scale, image.height * scale), PIL.Image.NEAREST).save(path)
-
-
 def _loss_curves(stage1_history: list[dict], stage2_history: list[dict], path: str) -> None:
     import matplotlib
 
@@ -270,9 +252,10 @@ def run_demo(config: DemoConfig) -> dict:
     """Run the whole demo; returns the report values (also written to ``output_dir/report.json`` and ``report.md``)."""
     from ..evaluation.reconstruction import psnr
     from ..fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from ..image_grid import image_grid
     from ..models import PrologueARForCausalLM, PrologueTokenizerModel
     from ..pipelines import ProloguePipeline, SamplingParams
-    from ..training.data import load_image_dataset
+    from ..training.image_data import load_image_dataset
     from ..training.pretokenize import PretokenizeConfig, load_pretokenized_dataset, pretokenize_dataset
 
     start = time.time()
@@ -328,13 +311,13 @@ def run_demo(config: DemoConfig) -> dict:
     generator = torch.Generator().manual_seed(config.seed)
     labels = list(range(10))
     samples = pipe(labels, num_images_per_label=config.samples_per_class, generator=generator, output_type="uint8", return_ids=True)
-    images = samples.images.permute(0, 2, 3, 1).numpy()
-    rows = [images]
+    rows, row_labels = [samples.images], list(FASHION_MNIST_CLASSES)
     if tokenizer.config.num_prologue_tokens:
         fixed = samples.prologue_ids[:1]
         fixed_row = pipe([0], num_images_per_label=config.samples_per_class, prologue_ids=fixed, generator=generator, output_type="uint8")
-        rows.append(fixed_row.images.permute(0, 2, 3, 1).numpy())
-    _save_png(_grid(np.concatenate(rows), rows=10 + (len(rows) - 1)), os.path.join(out, "samples.png"), scale=3)
+        rows.append(fixed_row.images)
+        row_labels.append(f"{FASHION_MNIST_CLASSES[0]}, fixed prologue")
+    image_grid(torch.cat(rows), rows=len(row_labels), labels=row_labels, scale=3).save(os.path.join(out, "samples.png"))
 
     # 7. reconstruction grid and codebook usage on the test set
     test_pixels = PrologueTokenizerModel.preprocess([test_set[i]["image"] for i in range(len(test_set))])
@@ -344,8 +327,8 @@ def run_demo(config: DemoConfig) -> dict:
         recon = torch.cat([tokenizer.decode(e.visual_ids).pixel_values for e in encoded])
     recon_uint8 = PrologueTokenizerModel.postprocess(recon, "uint8")
     test_uint8 = PrologueTokenizerModel.postprocess(test_pixels, "uint8")
-    show = torch.cat([test_uint8[:16], recon_uint8[:16]]).permute(0, 2, 3, 1).numpy()
-    _save_png(_grid(show, rows=2), os.path.join(out, "reconstructions.png"), scale=3)
+    show = torch.cat([test_uint8[:16], recon_uint8[:16]])
+    image_grid(show, rows=2, labels=["original", "reconstruction"], scale=3).save(os.path.join(out, "reconstructions.png"))
     # scored on the decoder's float output in [0, 1], before uint8 rounding (evaluate_reconstruction scores the
     # rounded images, as the paper's protocol does); kept so that the report stays comparable with docs/results.md
     recon01, test01 = (recon.clamp(-1, 1) + 1) / 2, (test_pixels + 1) / 2
@@ -398,8 +381,8 @@ def _report_markdown(report: dict) -> str:
         "",
         "![samples](samples.png)",
         "",
-        "Rows: one class each (0-9); the last row holds the first sample's prologue fixed and resamples the visual "
-        "tokens (paper Fig. 1).",
+        "Rows: one class each, labelled with its name; the last row holds the first sample's prologue fixed and "
+        "resamples the visual tokens (paper Fig. 1).",
         "",
         "| metric | value |",
         "| --- | --- |",
