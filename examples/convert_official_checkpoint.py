@@ -5,6 +5,11 @@ Official -> ours (tokenizer and/or AR; with both, ``--output-dir`` also becomes 
     python examples/convert_official_checkpoint.py --config config.yaml \\
         --tokenizer-dir ckpts/prologue-b-tokenizer --ar-dir ckpts/ar-prologue-b-b --output-dir converted
 
+The family (Prologue, Prologue-OneStage, Prologue-Post, 1D or 2D baseline) is read from the config and checked
+against the folders. OneStage ships its AR inside the tokenizer folder (``model_5``): give ``--tokenizer-dir``
+alone. The output folder may not be, contain or lie inside an input, and a non-empty one is replaced only with
+``--overwrite`` (the new folder is written beside it and renamed into place when complete).
+
 Ours -> official layout (AR only)::
 
     python examples/convert_official_checkpoint.py --reverse --ar-dir converted/ar --output-dir official_ar
@@ -32,13 +37,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ar-dir", help="official AR checkpoint folder (or, with --reverse, our AR folder)")
     parser.add_argument("--output-dir", required=True, help="where to write the converted folders")
     parser.add_argument(
-        "--tokenizer-weights", choices=sorted(TOKENIZER_SLOTS), default="ema",
-        help="ema: model_2/model_3 (what the official inference reads); online: model/model_1",
+        "--tokenizer-weights", choices=sorted(TOKENIZER_SLOTS), default=None,
+        help="ema: model_2/model_3; online: model/model_1 (default: the config's ema_reconstruction, what the "
+        "official inference reads)",
     )
     parser.add_argument(
-        "--ar-weights", choices=sorted(AR_SLOTS), default="online",
-        help="online: model.safetensors (what the official sampling reads); ema: model_1.safetensors",
+        "--ar-weights", choices=sorted(AR_SLOTS), default=None,
+        help="online: model.safetensors (OneStage: model_5); ema: model_1 (OneStage: model_6) (default: the "
+        "config's ema_sampling, what the official sampling reads)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the written weights")
     parser.add_argument("--no-pipeline", action="store_true", help="do not write the ProloguePipeline folder")
     parser.add_argument("--reverse", action="store_true", help="write our AR (--ar-dir) in the official layout")
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.reverse:
         model = PrologueARForCausalLM.from_pretrained(args.ar_dir)
-        written = save_official_ar(model, args.output_dir, cond_dim=args.cond_dim)
+        written = save_official_ar(model, args.output_dir, cond_dim=args.cond_dim, overwrite=args.overwrite)
     else:
         written = convert_official_checkpoint(
             args.config,
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
             ar_weights=args.ar_weights,
             dtype=DTYPES[args.dtype],
             save_pipeline=not args.no_pipeline,
+            overwrite=args.overwrite,
         )
     for name, path in written.items():
         print(f"{name}: {path}")

@@ -25,6 +25,7 @@ from prologue_hf.conversion import (
     ar_to_official,
     convert_official_ar,
     convert_official_checkpoint,
+    convert_official_joint_ar,
     convert_official_tokenizer,
     load_official_shard,
     official_ar_config,
@@ -358,31 +359,38 @@ def test_config_that_does_not_match_the_weights_names_file_and_key(official_fixt
         convert_official_ar(official_fixture_dir / "ar", config)
 
 
-def test_prologue_post_is_refused_by_key_and_by_config(official_fixture_dir, tmp_path):
+def test_a_folder_of_another_family_than_the_config_is_refused(official_fixture_dir, official_fixture, tmp_path):
+    # Post keys (semantic_enc.*) under the Prologue config: both families are named
     state = load_file(str(official_fixture_dir / "tokenizer" / "model_2.safetensors"))
     state["semantic_enc.layers.0.attn1.to_q.weight"] = torch.zeros(64, 64)
     post = _copy_dir(official_fixture_dir / "tokenizer", tmp_path / "post")
     save_file(state, str(post / "model_2.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(NotImplementedError, match=r"model_2\.safetensors: key 'semantic_enc\.layers\.0\.attn1\.to_q\.weight'.*Post"):
+    with pytest.raises(ValueError, match=r"model_2\.safetensors holds a Prologue-Post encoder.*describes the 'prologue'"):
         convert_official_tokenizer(post, official_fixture_dir / "config.yaml")
+    # the Prologue folder under a config that says Prologue-Post
     config = _write_config(official_fixture_dir, tmp_path, share_semantic_encoder=False)
-    with pytest.raises(NotImplementedError, match=r"'share_semantic_encoder'.*Prologue-Post"):
+    with pytest.raises(ValueError, match=r"holds a Prologue tokenizer.*describes the 'post' family"):
         convert_official_tokenizer(official_fixture_dir / "tokenizer", config)
+    # the 2D baseline's folder under the 1D baseline's config
+    one_d = official_fixture("official-1d-tiny") / "config.yaml"
+    with pytest.raises(ValueError, match=r"holds a 2D tokenizer.*describes the '1d' family"):
+        convert_official_tokenizer(official_fixture("official-2d-tiny") / "tokenizer", one_d)
 
 
-def test_onestage_ar_in_a_tokenizer_directory_is_refused(official_fixture_dir, tmp_path):
+def test_ar_folder_and_tokenizer_folder_are_not_confused(official_fixture_dir, tmp_path):
     config = official_fixture_dir / "config.yaml"
-    # --ar-dir pointed at a tokenizer folder: its model.safetensors holds the encoder
-    with pytest.raises(NotImplementedError, match=r"model\.safetensors: key 'enc\..*OneStage"):
+    # ar_dir pointed at a tokenizer folder: its model.safetensors holds the encoder
+    with pytest.raises(ValueError, match=r"is a tokenizer folder.*convert_official_joint_ar"):
         convert_official_ar(official_fixture_dir / "tokenizer", config)
-    # an AR shard inside a tokenizer folder (OneStage model_5) is refused even though its keys are AR keys
+    # an AR shard in a tokenizer slot is refused, naming the file
     joint = _copy_dir(official_fixture_dir / "tokenizer", tmp_path / "joint")
     shutil.copyfile(official_fixture_dir / "ar" / "model.safetensors", joint / "model_5.safetensors")
-    with pytest.raises(NotImplementedError, match=r"model_5\.safetensors.*OneStage"):
-        convert_official_ar(joint, config, slot=5)
-    # the tokenizer encoder slot holding an AR is refused, naming the key
-    with pytest.raises(NotImplementedError, match=r"model_5\.safetensors: key 'ar_model\..*OneStage"):
+    with pytest.raises(ValueError, match=r"model_5\.safetensors holds an AR model"):
         convert_official_tokenizer(joint, config, encoder_slot=5)
+    # a tokenizer shard where the joint AR should be
+    shutil.copyfile(official_fixture_dir / "tokenizer" / "model.safetensors", joint / "model_5.safetensors")
+    with pytest.raises(ValueError, match=r"model_5\.safetensors holds a Prologue tokenizer.*not an AR"):
+        convert_official_joint_ar(joint, config)
 
 
 def test_nonzero_pos_select_mask_is_refused(official_fixture_dir, tmp_path):
@@ -409,7 +417,7 @@ def test_nonzero_pos_select_mask_is_refused(official_fixture_dir, tmp_path):
         (dict(ae_no_label=False), "tokenizer", r"'ae_no_label' = False"),
         (dict(Decoder__rope_theta=10000), "tokenizer", r"Decoder\.rope_theta"),
         (dict(share_semantic_codebook=True), "tokenizer", r"'share_semantic_codebook' = True"),
-        (dict(Prologue=False), "ar", r"'Prologue' = False.*baselines"),
+        (dict(Prologue=False, Encoder__context_type="cross"), "ar", r"'Prologue' = False.*Supported official families"),
     ],
 )
 def test_unsupported_settings_are_refused(official_fixture_dir, tmp_path, changes, target, match):

@@ -39,20 +39,26 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ..models import PrologueARForCausalLM, PrologueTokenizerModel
+from ..models import PrologueARForCausalLM, PrologueTokenizerConfig, PrologueTokenizerModel
+from ..models.modeling_prologue_post import ProloguePostModel
 from .official_config import (
+    OFFICIAL_FAMILIES,
     OfficialConfig,
     hidden_dim,
     official_ar_config,
+    official_family,
+    official_post_config,
     official_tokenizer_config,
     official_vocabulary,
 )
+from .output import check_output_dir, staged_output_dir
 
 logger = logging.get_logger(__name__)
 
 # accelerate ``save_state`` slot order of the official scripts (SPEC.md section 4).
 TOKENIZER_SLOTS = {"online": (0, 1), "ema": (2, 3)}  # (encoder, decoder); inference reads the EMA pair
 AR_SLOTS = {"online": 0, "ema": 1}  # official sampling reads the online AR (``ema_sampling: False``)
+JOINT_AR_SLOTS = {"online": 5, "ema": 6}  # the joint AR in a tokenizer folder (slot 4 is the GAN discriminator)
 _PREFIXES_TO_STRIP = ("module", "_orig_mod")  # DDP / torch.compile wrappers
 
 
@@ -92,22 +98,43 @@ def load_official_shard(directory: str | Path, slot: int, role: str = "") -> tup
     return state, path
 
 
-# Keys that identify a checkpoint of another kind or variant, with the explanation given to the user.
-_POST_KEYS = (
-    re.compile(r"^semantic_enc\."),
-    "Prologue-Post's separate prologue encoder (semantic_enc.*); Prologue-Post checkpoints are not supported",
+# What a shard's keys say it holds (the folder's side of family detection; the config's side is official_family).
+_KEY_SIGNATURES = (
+    ("ar", re.compile(r"^(ar_model\.|bos_emb\.|semantic_emb\.|uncond_ar_labels$)")),
+    ("post", re.compile(r"^semantic_enc\.")),
+    ("prologue", re.compile(r"^semantic_quantizer\.")),
+    ("1d", re.compile(r"^(enc|dec)\.learnable_query$")),
+    ("2d", re.compile(r"^(enc|dec|quantizer)\.")),
 )
-FOREIGN_IN_TOKENIZER = (
-    _POST_KEYS,
-    (re.compile(r"^(ar_model\.|bos_emb\.|semantic_emb\.|uncond_ar_labels$)"), "an AR model (ar_model.*, bos_emb): "
-     "tokenizer directories hold the joint AR in model_5/model_6 (OneStage models ship their AR there), which is "
-     "not supported; the tokenizer itself is read from the encoder/decoder slots"),
-)
-FOREIGN_IN_AR = (
-    (re.compile(r"^(enc|dec|quantizer|semantic_quantizer)\."), "tokenizer weights (enc.* / dec.*): this is a "
-     "tokenizer checkpoint, not an AR checkpoint. OneStage models ship their AR inside the tokenizer directory as "
-     "model_5/model_6, which is not supported"),
-)
+_SHARD_KINDS = {
+    "ar": "an AR model (ar_model.*, bos_emb.*)",
+    "post": "a Prologue-Post encoder (semantic_enc.*)",
+    "prologue": "a Prologue tokenizer (semantic_quantizer.*)",
+    "1d": "a 1D tokenizer (learnable queries, no prologue quantizer)",
+    "2d": "a 2D tokenizer (no queries, no prologue)",
+}
+
+
+def shard_kind(keys: Iterable[str]) -> str | None:
+    """What an official shard holds, judged from its keys: ``"ar"``, ``"post"``, ``"prologue"`` (also OneStage),
+    ``"1d"``, ``"2d"``, or ``None`` when no key is recognised. A decoder-only shard reads as ``"2d"`` unless it has
+    the 1D decoder's ``dec.learnable_query``."""
+    keys = list(keys)
+    for kind, pattern in _KEY_SIGNATURES:
+        if any(pattern.search(key) for key in keys):
+            return kind
+    return None
+
+
+def _check_kind(keys: Iterable[str], path: Path, expected: str, config_path: str, family: str) -> None:
+    """A shard whose keys belong to another family than the config's is refused, naming both."""
+    found = shard_kind(keys)
+    if found is not None and found != expected:
+        raise ValueError(
+            f"{path} holds {_SHARD_KINDS[found]}, but {config_path} describes the {family!r} family "
+            f"({OFFICIAL_FAMILIES[family]}); pass the config that belongs to this folder, or the folder that belongs "
+            "to this config"
+        )
 
 
 def _check_layout(
@@ -115,21 +142,13 @@ def _check_layout(
     expected: Mapping[str, tuple[int, ...]],
     path: Path,
     config_path: str,
-    foreign: Iterable[tuple[re.Pattern, str]] = (),
     optional: Iterable[str] = (),
 ) -> None:
-    """Every expected key present with the expected shape, nothing unexpected; errors name the file and key.
-
-    ``foreign`` lists ``(pattern, meaning)`` of keys that reveal an unsupported variant (``NotImplementedError``).
-    """
+    """Every expected key present with the expected shape, nothing unexpected; errors name the file and key."""
     optional = set(optional)
     for key in sorted(state):
-        if key in expected:
-            continue
-        for pattern, meaning in foreign:
-            if pattern.search(key):
-                raise NotImplementedError(f"{path}: key {key!r} belongs to {meaning}")
-        raise ValueError(f"{path}: unexpected key {key!r} (not part of the layout {config_path} describes)")
+        if key not in expected:
+            raise ValueError(f"{path}: unexpected key {key!r} (not part of the layout {config_path} describes)")
     for key, shape in expected.items():
         if key not in state:
             if key in optional:
@@ -182,12 +201,12 @@ def _transformer_layout(
 def _section_layout(config: OfficialConfig, section: str, prefix: str, bias: bool) -> dict[str, tuple[int, ...]]:
     return _transformer_layout(
         prefix,
-        config.integer(f"{section}.layer_num"),
-        config.integer(f"{section}.dim"),
-        config.integer(f"{section}.heads"),
+        config.size(f"{section}.layer_num"),
+        config.size(f"{section}.dim"),
+        config.size(f"{section}.heads"),
         hidden_dim(config, section),
-        config.integer(f"{section}.cond_dim"),
-        config.integer(f"{section}.cond_input_dim"),
+        config.size(f"{section}.cond_dim"),
+        config.size(f"{section}.cond_input_dim"),
         bias,
     )
 
@@ -263,22 +282,187 @@ def _check_pos_select_mask(state: Mapping[str, torch.Tensor], key: str, path: Pa
         raise NotImplementedError(f"{path}: key {key!r} is not all zeros; per-position code masks are not supported")
 
 
+def _resolve_weights(config: OfficialConfig, weights: str | None, flag: str, default: bool, slots: Mapping) -> str:
+    """``weights`` as given, or what the official inference reads: ``"ema"`` when the config's ``flag``
+    (``ema_reconstruction`` / ``ema_sampling``) is true."""
+    if weights is None:
+        value = config.get(flag, default)
+        if not isinstance(value, bool):
+            raise ValueError(f"{config.path}: config key {flag!r} must be true or false, got {value!r}")
+        weights = "ema" if value else "online"
+    if weights not in slots:
+        raise ValueError(f"weights must be one of {sorted(slots)} or None (the config's {flag}), got {weights!r}")
+    return weights
+
+
+def _quantizer_layout(config: OfficialConfig, prefix: str, section: str, dim: int) -> dict[str, tuple[int, ...]]:
+    size, z_dim = config.size(f"{section}.codebook_size"), config.size(f"{section}.z_dim")
+    return {
+        f"{prefix}.proj_in.weight": (z_dim, dim),
+        f"{prefix}.proj_in.bias": (z_dim,),
+        f"{prefix}.embedding.weight": (size, z_dim),
+        f"{prefix}.pos_select_mask": (config.size(f"{section}.length"), size),
+    }
+
+
+def _encoder_layout(
+    config: OfficialConfig, ours: PrologueTokenizerConfig, prefix: str = "enc.", section: str = "Encoder",
+    input_dim: int | None = None, num_queries: int | None = None,
+) -> dict[str, tuple[int, ...]]:
+    """An official encoder Transformer: cond_proj + layers, ``input_layer`` and (concat mode) ``learnable_query``."""
+    dim = config.size(f"{section}.dim")
+    if num_queries is None:
+        num_queries = ours.num_latent_tokens if ours.tokenizer_type == "1d" else ours.num_prologue_tokens
+    layout = _section_layout(config, section, prefix, bias=True)
+    layout[f"{prefix}input_layer.weight"] = (dim, ours.patch_dim if input_dim is None else input_dim)
+    layout[f"{prefix}input_layer.bias"] = (dim,)
+    if num_queries:
+        layout[f"{prefix}learnable_query"] = (1, num_queries, dim)
+    return layout
+
+
+def _tokenizer_layouts(
+    config: OfficialConfig, ours: PrologueTokenizerConfig
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """Expected ``(encoder shard, decoder shard)`` keys and shapes of a Prologue / 2D / 1D tokenizer."""
+    enc_layout = _encoder_layout(config, ours)
+    enc_layout.update(_quantizer_layout(config, "quantizer", "Quantizer", ours.hidden_size))
+    if ours.num_prologue_tokens:
+        enc_layout.update(_quantizer_layout(config, "semantic_quantizer", "SemanticQuantizer", ours.hidden_size))
+    dec_dim = ours.decoder_hidden_size
+    dec_layout = _section_layout(config, "Decoder", "dec.", bias=True)
+    dec_layout.update({
+        "dec.input_layer.weight": (dec_dim, ours.codebook_dim),
+        "dec.input_layer.bias": (dec_dim,),
+        "dec.out_norm.affine.weight": (dec_dim, config.size("Decoder.cond_dim")),
+        "dec.out_norm.affine.bias": (dec_dim,),
+        "dec.out.weight": (ours.patch_dim, dec_dim),
+        "dec.out.bias": (ours.patch_dim,),
+    })
+    if ours.tokenizer_type == "1d":
+        dec_layout["dec.learnable_query"] = (1, ours.num_patches, dec_dim)  # one mask query per patch
+    return enc_layout, dec_layout
+
+
+def _vit_layers(state: Mapping[str, torch.Tensor], prefix: str, ours: str, num_layers: int) -> dict:
+    """All layers of an official tokenizer-side Transformer, folded at its null condition."""
+    c = null_condition(state, prefix)
+    dim = state[f"{prefix}layers.0.attn1.to_q.weight"].shape[0] if num_layers else 0
+    out: dict[str, torch.Tensor] = {}
+    for i in range(num_layers):
+        out.update(_tokenizer_block(state, f"{prefix}layers.{i}.", c, dim, f"{ours}.layers.{i}"))
+    return out
+
+
+def _load_tokenizer_shards(
+    tokenizer_dir: str | Path, config: OfficialConfig, family: str, weights: str | None,
+    encoder_slot: int | None, decoder_slot: int | None,
+) -> tuple[dict[str, torch.Tensor], Path, dict[str, torch.Tensor], Path, str]:
+    weights = _resolve_weights(config, weights, "ema_reconstruction", True, TOKENIZER_SLOTS)
+    enc_slot = TOKENIZER_SLOTS[weights][0] if encoder_slot is None else encoder_slot
+    dec_slot = TOKENIZER_SLOTS[weights][1] if decoder_slot is None else decoder_slot
+    enc_state, enc_path = load_official_shard(tokenizer_dir, enc_slot, f"tokenizer encoder, {weights} weights")
+    dec_state, dec_path = load_official_shard(tokenizer_dir, dec_slot, f"tokenizer decoder, {weights} weights")
+    expected = {"onestage": "prologue"}.get(family, family)
+    _check_kind(enc_state, enc_path, expected, config.path, family)
+    _check_kind(dec_state, dec_path, "1d" if family == "1d" else "2d", config.path, family)
+    return enc_state, enc_path, dec_state, dec_path, weights
+
+
+def _build_tokenizer(
+    enc_state: Mapping[str, torch.Tensor], enc_path: Path, dec_state: Mapping[str, torch.Tensor], dec_path: Path,
+    config: OfficialConfig, ours_config: PrologueTokenizerConfig, dtype: torch.dtype,
+) -> PrologueTokenizerModel:
+    """Check the encoder (``enc.*``, ``quantizer.*``, ...) and decoder (``dec.*``) keys and map them onto ours."""
+    enc_layout, dec_layout = _tokenizer_layouts(config, ours_config)
+    # a Post encoder shard also holds the prologue encoder (semantic_*), checked by _build_post
+    post_keys = ("semantic_enc.", "semantic_quantizer.") if "semantic_enc.input_layer.weight" in enc_state else ()
+    enc_own = {k: v for k, v in enc_state.items() if not (post_keys and k.startswith(post_keys))}
+    _check_layout(enc_own, enc_layout, enc_path, config.path, _bias_keys(enc_layout))
+    _check_layout(dec_state, dec_layout, dec_path, config.path, _bias_keys(dec_layout) | {"dec.out.bias"})
+    quantizers = [("quantizer", "visual_quantizer")]
+    if ours_config.num_prologue_tokens:
+        quantizers.append(("semantic_quantizer", "prologue_quantizer"))
+    for official, _ in quantizers:
+        _check_pos_select_mask(enc_state, f"{official}.pos_select_mask", enc_path)
+
+    # ae_no_label: both networks always see the null label (SPEC.md section 2)
+    converted: dict[str, torch.Tensor] = {
+        "encoder.input_layer.weight": enc_state["enc.input_layer.weight"],
+        "encoder.input_layer.bias": enc_state["enc.input_layer.bias"],
+        "decoder.input_layer.weight": dec_state["dec.input_layer.weight"],
+        "decoder.input_layer.bias": dec_state["dec.input_layer.bias"],
+        "decoder.output_layer.weight": dec_state["dec.out.weight"],
+        "decoder.output_layer.bias": dec_state.get("dec.out.bias", torch.zeros(ours_config.patch_dim)),
+    }
+    if "enc.learnable_query" in enc_layout:
+        converted["encoder.queries"] = enc_state["enc.learnable_query"]
+    if "dec.learnable_query" in dec_layout:
+        converted["decoder.mask_tokens"] = dec_state["dec.learnable_query"]
+    for official, ours in quantizers:
+        for key in ("proj_in.weight", "proj_in.bias", "embedding.weight"):
+            converted[f"{ours}.{key}"] = enc_state[f"{official}.{key}"]
+    converted.update(_vit_layers(enc_state, "enc.", "encoder", ours_config.num_hidden_layers))
+    converted.update(_vit_layers(dec_state, "dec.", "decoder", ours_config.decoder_num_hidden_layers))
+    converted["decoder.norm.weight"] = 1.0 + _linear(dec_state, "dec.out_norm.affine", null_condition(dec_state, "dec."))
+
+    model = PrologueTokenizerModel(ours_config)
+    model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True)
+    logger.info("converted official tokenizer from %s and %s", enc_path, dec_path)
+    return model.to(dtype).eval()
+
+
+def _build_post(
+    enc_state: Mapping[str, torch.Tensor], enc_path: Path, config: OfficialConfig,
+    visual_tokenizer: PrologueTokenizerModel, dtype: torch.dtype,
+) -> ProloguePostModel:
+    """The Post prologue encoder (``semantic_enc.*`` + ``semantic_quantizer.*``) over the frozen 2D tokenizer."""
+    kwargs = official_post_config(config)
+    k = kwargs["num_prologue_tokens"]
+    layout = _encoder_layout(
+        config, visual_tokenizer.config, "semantic_enc.", "SemanticEncoder", config.size("Encoder.dim"), k
+    )
+    layout.update(_quantizer_layout(config, "semantic_quantizer", "SemanticQuantizer", kwargs["hidden_size"]))
+    semantic = {k_: v for k_, v in enc_state.items() if k_.startswith(("semantic_enc.", "semantic_quantizer."))}
+    _check_layout(semantic, layout, enc_path, config.path, _bias_keys(layout))
+    _check_pos_select_mask(enc_state, "semantic_quantizer.pos_select_mask", enc_path)
+    converted = {
+        "prologue_encoder.input_layer.weight": enc_state["semantic_enc.input_layer.weight"],
+        "prologue_encoder.input_layer.bias": enc_state["semantic_enc.input_layer.bias"],
+        "prologue_encoder.queries": enc_state["semantic_enc.learnable_query"],
+        **_vit_layers(enc_state, "semantic_enc.", "prologue_encoder", kwargs["num_hidden_layers"]),
+    }
+    for key in ("proj_in.weight", "proj_in.bias", "embedding.weight"):
+        converted[f"prologue_quantizer.{key}"] = enc_state[f"semantic_quantizer.{key}"]
+    model = ProloguePostModel.from_visual_tokenizer(visual_tokenizer, **kwargs)
+    model.load_state_dict({k_: v.to(dtype) for k_, v in converted.items()}, strict=True)
+    logger.info("converted official Prologue-Post encoder from %s", enc_path)
+    return model.to(dtype).eval()
+
+
 def convert_official_tokenizer(
     tokenizer_dir: str | Path,
     config: OfficialConfig | str | Path,
-    weights: str = "ema",
+    weights: str | None = None,
     encoder_slot: int | None = None,
     decoder_slot: int | None = None,
     dtype: torch.dtype = torch.float32,
-) -> PrologueTokenizerModel:
-    """Build a :class:`PrologueTokenizerModel` from an official tokenizer checkpoint directory.
+) -> PrologueTokenizerModel | ProloguePostModel:
+    """Build the tokenizer of an official checkpoint folder, whichever family the config describes.
+
+    * Prologue / OneStage, 2D and 1D tokenizers become a :class:`PrologueTokenizerModel` (``tokenizer_type``
+      ``"prologue"``, ``"2d"``, ``"1d"``);
+    * Prologue-Post becomes a :class:`ProloguePostModel` whose frozen visual tokenizer is the converted 2D tokenizer
+      (``enc.*`` / ``quantizer.*`` / ``dec.*``) and whose prologue encoder is ``semantic_enc.*`` /
+      ``semantic_quantizer.*``.
 
     Args:
         tokenizer_dir: folder with the accelerate shards (``model.safetensors`` = encoder, ``model_1`` = decoder,
             ``model_2`` / ``model_3`` = their EMA copies).
         config: the resolved official config (path or :class:`OfficialConfig`).
-        weights: ``"ema"`` (``model_2`` + ``model_3``, what the official inference reads) or ``"online"``
-            (``model`` + ``model_1``).
+        weights: ``"ema"`` (``model_2`` + ``model_3``), ``"online"`` (``model`` + ``model_1``) or ``None``: what
+            the official inference reads, i.e. the config's ``ema_reconstruction`` (true by default; OneStage's
+            eval config sets it false).
         encoder_slot, decoder_slot: explicit shard indices, overriding ``weights``.
         dtype: dtype of the returned model (folding is done in float64).
 
@@ -288,87 +472,27 @@ def convert_official_tokenizer(
     >>> tokenizer = convert_official_tokenizer("ckpts/prologue-b-tokenizer", "config.yaml")  # doctest: +SKIP
     """
     config = config if isinstance(config, OfficialConfig) else OfficialConfig.from_yaml(config)
-    if weights not in TOKENIZER_SLOTS:
-        raise ValueError(f"weights must be one of {sorted(TOKENIZER_SLOTS)}, got {weights!r}")
-    ours_config = official_tokenizer_config(config)
-    enc_slot = TOKENIZER_SLOTS[weights][0] if encoder_slot is None else encoder_slot
-    dec_slot = TOKENIZER_SLOTS[weights][1] if decoder_slot is None else decoder_slot
-    enc_state, enc_path = load_official_shard(tokenizer_dir, enc_slot, f"tokenizer encoder, {weights} weights")
-    dec_state, dec_path = load_official_shard(tokenizer_dir, dec_slot, f"tokenizer decoder, {weights} weights")
-
-    # ----- expected layout of both files, from the config
-    dim, z_dim, z_len, x_len = (
-        config.integer("Encoder.dim"), ours_config.codebook_dim, ours_config.num_prologue_tokens, ours_config.num_patches
+    family = official_family(config)
+    # the folder's keys first: a config of another family is best reported as such, not by one of its settings
+    enc_state, enc_path, dec_state, dec_path, _ = _load_tokenizer_shards(
+        tokenizer_dir, config, family, weights, encoder_slot, decoder_slot
     )
-    enc_layout = _section_layout(config, "Encoder", "enc.", bias=True)
-    enc_layout.update({
-        "enc.input_layer.weight": (dim, ours_config.patch_dim),
-        "enc.input_layer.bias": (dim,),
-        "enc.learnable_query": (1, z_len, dim),
-    })
-    for name, size, length in (
-        ("quantizer", ours_config.visual_codebook_size, x_len),
-        ("semantic_quantizer", ours_config.prologue_codebook_size, z_len),
-    ):
-        enc_layout.update({
-            f"{name}.proj_in.weight": (z_dim, dim),
-            f"{name}.proj_in.bias": (z_dim,),
-            f"{name}.embedding.weight": (size, z_dim),
-            f"{name}.pos_select_mask": (length, size),
-        })
-    dec_dim = config.integer("Decoder.dim")
-    dec_layout = _section_layout(config, "Decoder", "dec.", bias=True)
-    dec_layout.update({
-        "dec.input_layer.weight": (dec_dim, z_dim),
-        "dec.input_layer.bias": (dec_dim,),
-        "dec.out_norm.affine.weight": (dec_dim, config.integer("Decoder.cond_dim")),
-        "dec.out_norm.affine.bias": (dec_dim,),
-        "dec.out.weight": (ours_config.patch_dim, dec_dim),
-        "dec.out.bias": (ours_config.patch_dim,),
-    })
-    _check_layout(enc_state, enc_layout, enc_path, config.path, FOREIGN_IN_TOKENIZER, _bias_keys(enc_layout))
-    _check_layout(
-        dec_state, dec_layout, dec_path, config.path, FOREIGN_IN_TOKENIZER, _bias_keys(dec_layout) | {"dec.out.bias"}
-    )
-    for name in ("quantizer", "semantic_quantizer"):
-        _check_pos_select_mask(enc_state, f"{name}.pos_select_mask", enc_path)
-
-    # ----- map (ae_no_label: both networks always see the null label, SPEC.md section 2)
-    converted: dict[str, torch.Tensor] = {
-        "encoder.input_layer.weight": enc_state["enc.input_layer.weight"],
-        "encoder.input_layer.bias": enc_state["enc.input_layer.bias"],
-        "encoder.queries": enc_state["enc.learnable_query"],
-        "decoder.input_layer.weight": dec_state["dec.input_layer.weight"],
-        "decoder.input_layer.bias": dec_state["dec.input_layer.bias"],
-        "decoder.output_layer.weight": dec_state["dec.out.weight"],
-        "decoder.output_layer.bias": dec_state.get("dec.out.bias", torch.zeros(ours_config.patch_dim)),
-    }
-    for official, ours in (("quantizer", "visual_quantizer"), ("semantic_quantizer", "prologue_quantizer")):
-        for key in ("proj_in.weight", "proj_in.bias", "embedding.weight"):
-            converted[f"{ours}.{key}"] = enc_state[f"{official}.{key}"]
-    enc_c = null_condition(enc_state, "enc.")
-    for i in range(config.integer("Encoder.layer_num")):
-        converted.update(_tokenizer_block(enc_state, f"enc.layers.{i}.", enc_c, dim, f"encoder.layers.{i}"))
-    dec_c = null_condition(dec_state, "dec.")
-    for i in range(config.integer("Decoder.layer_num")):
-        converted.update(_tokenizer_block(dec_state, f"dec.layers.{i}.", dec_c, dec_dim, f"decoder.layers.{i}"))
-    converted["decoder.norm.weight"] = 1.0 + _linear(dec_state, "dec.out_norm.affine", dec_c)
-
-    model = PrologueTokenizerModel(ours_config)
-    model.load_state_dict({k: v.to(dtype) for k, v in converted.items()}, strict=True)
-    logger.info("converted official tokenizer from %s and %s", enc_path, dec_path)
-    return model.to(dtype).eval()
+    ours_config = official_tokenizer_config(config, family)
+    tokenizer = _build_tokenizer(enc_state, enc_path, dec_state, dec_path, config, ours_config, dtype)
+    if family != "post":
+        return tokenizer
+    return _build_post(enc_state, enc_path, config, tokenizer, dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------- AR
 def _ar_layout(config: OfficialConfig, ar_vocab: int, tied: bool) -> dict[str, tuple[int, ...]]:
-    dim, num_labels = config.integer("ARModel.dim"), config.integer("ARModel.cond_input_dim")
+    dim, num_labels = config.size("ARModel.dim"), config.size("ARModel.cond_input_dim")
     layout = _section_layout(config, "ARModel", "ar_model.", bias=False)
     layout.update({
         "bos_emb.weight": (num_labels, dim),
         "semantic_emb.weight": (ar_vocab, dim),
         "uncond_ar_labels": (1, num_labels),
-        "ar_model.out_norm.affine.weight": (dim, config.integer("ARModel.cond_dim")),
+        "ar_model.out_norm.affine.weight": (dim, config.size("ARModel.cond_dim")),
         "ar_model.out_norm.affine.bias": (dim,),
     })
     if not tied:
@@ -379,48 +503,81 @@ def _ar_layout(config: OfficialConfig, ar_vocab: int, tied: bool) -> dict[str, t
 def convert_official_ar(
     ar_dir: str | Path,
     config: OfficialConfig | str | Path,
-    weights: str = "online",
+    weights: str | None = None,
     slot: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> PrologueARForCausalLM:
-    """Build a :class:`PrologueARForCausalLM` from an official AR checkpoint directory.
+    """Build a :class:`PrologueARForCausalLM` from an official AR checkpoint directory (any family's stage-3 AR).
 
     Args:
         ar_dir: folder with ``model.safetensors`` (AR) and ``model_1.safetensors`` (its EMA).
         config: the resolved official config (path or :class:`OfficialConfig`).
-        weights: ``"online"`` (``model.safetensors``, what official sampling reads) or ``"ema"``.
+        weights: ``"online"`` (``model.safetensors``), ``"ema"`` or ``None``: what the official sampling reads, i.e.
+            the config's ``ema_sampling`` (false by default).
         slot: explicit shard index, overriding ``weights``.
         dtype: dtype of the returned model (folding is done in float64).
 
     Returns:
-        The AR in eval mode. Its logits on the first ``V + P + 1`` columns equal the official ones; class rows of
-        ``lm_head`` are zero (never sampled: the logit mask removes them).
+        The AR in eval mode. Its logits on the first ``V + P + 1`` columns (``V`` for the 1D / 2D baselines) equal
+        the official ones; class rows of ``lm_head`` are zero (never sampled: the logit mask removes them).
 
     >>> ar = convert_official_ar("ckpts/ar-prologue-b-b", "config.yaml")  # doctest: +SKIP
     """
     config = config if isinstance(config, OfficialConfig) else OfficialConfig.from_yaml(config)
-    if weights not in AR_SLOTS:
-        raise ValueError(f"weights must be one of {sorted(AR_SLOTS)}, got {weights!r}")
+    weights = _resolve_weights(config, weights, "ema_sampling", False, AR_SLOTS)
     slot = AR_SLOTS[weights] if slot is None else slot
+    tokenizer_shard = Path(ar_dir) / shard_name(0)
+    if tokenizer_shard.is_file() and shard_kind(_shard_keys(ar_dir)) not in (None, "ar"):
+        raise ValueError(
+            f"{ar_dir} is a tokenizer folder ({tokenizer_shard} holds an encoder), not an AR folder. A joint AR stored "
+            "there (OneStage: model_5 / model_6) is read by convert_official_joint_ar, or by convert_official_checkpoint "
+            "with the OneStage config (continuous_training: true) and no ar_dir"
+        )
+    state, path = load_official_shard(ar_dir, slot, f"AR, {weights} weights")
+    return _build_ar(state, path, config, dtype)
+
+
+def convert_official_joint_ar(
+    tokenizer_dir: str | Path,
+    config: OfficialConfig | str | Path,
+    weights: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PrologueARForCausalLM:
+    """The joint AR that a Prologue-OneStage tokenizer folder carries (``model_5``; ``model_6`` is its EMA), as the
+    official evaluation loads it with ``continuous_training: true`` (train_ar.py, strict load).
+
+    Args:
+        tokenizer_dir: the OneStage tokenizer folder.
+        config: the resolved official OneStage config (its ``ARModel`` section describes the joint AR).
+        weights: ``"online"`` (``model_5``), ``"ema"`` (``model_6``) or ``None`` (the config's ``ema_sampling``).
+        dtype: dtype of the returned model.
+    """
+    config = config if isinstance(config, OfficialConfig) else OfficialConfig.from_yaml(config)
+    weights = _resolve_weights(config, weights, "ema_sampling", False, JOINT_AR_SLOTS)
+    state, path = load_official_shard(tokenizer_dir, JOINT_AR_SLOTS[weights], f"joint AR, {weights} weights")
+    return _build_ar(state, path, config, dtype)
+
+
+def _build_ar(
+    state: dict[str, torch.Tensor], path: Path, config: OfficialConfig, dtype: torch.dtype
+) -> PrologueARForCausalLM:
+    """Check an official ``ARModel`` state dict against the config and fold it into ours."""
+    found = shard_kind(state)
+    if found not in (None, "ar"):
+        raise ValueError(f"{path} holds {_SHARD_KINDS[found]}, not an AR model (ar_model.*, bos_emb.*)")
     ours_config = official_ar_config(config)
     vocabulary = ours_config.vocabulary
     _, ar_vocab = official_vocabulary(config)
-    state, path = load_official_shard(ar_dir, slot, f"AR, {weights} weights")
-    if slot != 0 and (Path(ar_dir) / shard_name(0)).is_file() and any(k.startswith("enc.") for k in _shard_keys(ar_dir)):
-        raise NotImplementedError(
-            f"{path}: {ar_dir} is a tokenizer directory ({shard_name(0)} holds 'enc.*' keys); a joint/OneStage AR "
-            "stored there (model_5/model_6) is not supported"
-        )
     state.pop("logit_mask", None)  # non-persistent in the current code; old checkpoints carry it (train_ar.py:582)
     tied = ours_config.tie_word_embeddings
     layout = _ar_layout(config, ar_vocab, tied)
-    _check_layout(state, layout, path, config.path, FOREIGN_IN_AR)
+    _check_layout(state, layout, path, config.path)
 
     dim, heads = ours_config.hidden_size, ours_config.num_attention_heads
     perm = _rope_permutation(dim // heads)
     c = null_condition(state, "ar_model.", labels=state["uncond_ar_labels"])
     embed = torch.zeros(vocabulary.vocab_size, dim, dtype=torch.float64)
-    embed[:ar_vocab] = state["semantic_emb.weight"].double()  # visual | prologue | EOS, same order
+    embed[:ar_vocab] = state["semantic_emb.weight"].double()  # visual | prologue | EOS (baselines: visual), same order
     embed[vocabulary.class_offset :] = state["bos_emb.weight"].double()  # classes 0..NC-2, then the null row NC-1
     converted: dict[str, torch.Tensor] = {
         "model.embed_tokens.weight": embed,
@@ -583,23 +740,30 @@ def ar_to_official(model: PrologueARForCausalLM, cond_dim: int = 32) -> tuple[di
     return out, entries
 
 
-def save_official_ar(model: PrologueARForCausalLM, output_dir: str | Path, cond_dim: int = 32) -> dict[str, Path]:
+def save_official_ar(
+    model: PrologueARForCausalLM, output_dir: str | Path, cond_dim: int = 32, overwrite: bool = False
+) -> dict[str, Path]:
     """Write our AR in the official layout: ``output_dir/model.safetensors`` (metadata ``{"format": "pt"}``, as
     accelerate writes it) and ``output_dir/ar_config.yaml`` with the config entries to merge into the official
     config. Returns both paths.
+
+    ``output_dir`` may not be, contain or lie inside the folder the model was loaded from (``model.name_or_path``),
+    and a non-empty ``output_dir`` is replaced only with ``overwrite``; the files are written into a sibling folder
+    that is renamed into place when complete.
 
     >>> save_official_ar(PrologueARForCausalLM.from_pretrained("converted/ar"), "official_ar")  # doctest: +SKIP
     """
     from safetensors.torch import save_file
 
+    source = getattr(model, "name_or_path", None)
+    inputs = {"AR folder (the model's name_or_path)": source} if source and Path(source).exists() else {}
+    output_dir = check_output_dir(output_dir, inputs, overwrite)
     state, entries = ar_to_official(model, cond_dim=cond_dim)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    weights, config_path = output_dir / shard_name(0), output_dir / "ar_config.yaml"
-    save_file(state, str(weights), metadata={"format": "pt"})
-    with open(config_path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(entries, handle, sort_keys=False)
-    return {"weights": weights, "config": config_path}
+    with staged_output_dir(output_dir) as staging:
+        save_file(state, str(staging / shard_name(0)), metadata={"format": "pt"})
+        with open(staging / "ar_config.yaml", "w", encoding="utf-8") as handle:
+            yaml.safe_dump(entries, handle, sort_keys=False)
+    return {"weights": output_dir / shard_name(0), "config": output_dir / "ar_config.yaml"}
 
 
 # ------------------------------------------------------------------------------------------------------ entry point
@@ -608,16 +772,28 @@ def convert_official_checkpoint(
     output_dir: str | Path,
     tokenizer_dir: str | Path | None = None,
     ar_dir: str | Path | None = None,
-    tokenizer_weights: str = "ema",
-    ar_weights: str = "online",
+    tokenizer_weights: str | None = None,
+    ar_weights: str | None = None,
     dtype: torch.dtype = torch.float32,
     save_pipeline: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Convert an official tokenizer and/or AR and write ``save_pretrained`` folders under ``output_dir``.
+    """Convert an official tokenizer and/or AR of any supported family and write ``save_pretrained`` folders.
 
-    Writes ``output_dir/tokenizer`` and/or ``output_dir/ar``. With both, the AR config records the tokenizer's
-    ``tokenizer_identity`` and, with ``save_pipeline``, ``output_dir`` itself becomes a
+    The family comes from the config (:func:`official_family`) and is checked against the folder's keys: Prologue,
+    Prologue-OneStage (its joint AR is read from ``tokenizer_dir``'s ``model_5``; give no ``ar_dir``),
+    Prologue-Post (a :class:`~prologue_hf.ProloguePostModel` over the frozen 2D tokenizer), and the 1D / 2D
+    baselines. Writes ``output_dir/tokenizer`` and/or ``output_dir/ar``. With both, the AR config records the
+    tokenizer's ``tokenizer_identity`` and, with ``save_pipeline``, ``output_dir`` itself becomes a
     :class:`~prologue_hf.pipelines.ProloguePipeline` folder (``model_index.json`` beside the two component folders).
+
+    ``output_dir`` may not be, contain or lie inside an input (the config file, ``tokenizer_dir``, ``ar_dir``); a
+    non-empty ``output_dir`` is replaced only with ``overwrite``. Everything is converted first, then written into a
+    sibling folder that is renamed onto ``output_dir`` when complete, so no stale or partial file survives.
+
+    Args:
+        tokenizer_weights, ar_weights: ``"ema"`` / ``"online"``, or ``None`` for what the official inference reads
+            (the config's ``ema_reconstruction`` / ``ema_sampling``).
 
     Returns:
         ``{"tokenizer": path, "ar": path, "pipeline": path}`` for what was written.
@@ -627,11 +803,24 @@ def convert_official_checkpoint(
     """
     if tokenizer_dir is None and ar_dir is None:
         raise ValueError("give tokenizer_dir, ar_dir or both")
+    output_dir = check_output_dir(
+        output_dir, {"config file": config, "tokenizer_dir": tokenizer_dir, "ar_dir": ar_dir}, overwrite
+    )
     official = OfficialConfig.from_yaml(config)
-    output_dir = Path(output_dir)
-    written: dict[str, Path] = {}
+    family = official_family(official)
+    if family == "onestage":
+        if ar_dir is not None:
+            raise ValueError(
+                f"{official.path} describes Prologue-OneStage (continuous_training: true): its AR is the joint AR in "
+                f"the tokenizer folder (model_5 / model_6); give tokenizer_dir only, not ar_dir={ar_dir}"
+            )
+        if tokenizer_dir is None:
+            raise ValueError(f"{official.path} describes Prologue-OneStage: give tokenizer_dir (it holds the AR too)")
     tokenizer = convert_official_tokenizer(tokenizer_dir, official, tokenizer_weights, dtype=dtype) if tokenizer_dir else None
-    ar = convert_official_ar(ar_dir, official, ar_weights, dtype=dtype) if ar_dir else None
+    if family == "onestage":
+        ar = convert_official_joint_ar(tokenizer_dir, official, ar_weights, dtype=dtype)
+    else:
+        ar = convert_official_ar(ar_dir, official, ar_weights, dtype=dtype) if ar_dir else None
     if tokenizer is not None and ar is not None:
         from .. import check_compatible
         from ..training.pretokenize import tokenizer_identity  # deferred: pulls in `datasets`
@@ -639,31 +828,40 @@ def convert_official_checkpoint(
         check_compatible(tokenizer.config, ar.config)
         # Record the pair, so ids pretokenized with this tokenizer are accepted for fine-tuning this AR.
         ar.config.tokenizer_identity = tokenizer_identity(tokenizer)
-    for name, model in (("tokenizer", tokenizer), ("ar", ar)):
-        if model is not None:
-            model.save_pretrained(output_dir / name)
-            written[name] = output_dir / name
-            logger.info("wrote %s to %s", name, output_dir / name)
-    if tokenizer is not None and ar is not None and save_pipeline:
-        from ..pipelines.pipeline_prologue import ProloguePipeline  # deferred: pipelines import the models
+    written: dict[str, Path] = {}
+    with staged_output_dir(output_dir) as staging:
+        for name, model in (("tokenizer", tokenizer), ("ar", ar)):
+            if model is not None:
+                model.save_pretrained(staging / name)
+                written[name] = output_dir / name
+        if tokenizer is not None and ar is not None and save_pipeline:
+            # deferred: pipelines import the models
+            from ..pipelines.pipeline_prologue import ProloguePipeline
 
-        ProloguePipeline(tokenizer=tokenizer, ar=ar).save_pretrained(output_dir)
-        written["pipeline"] = output_dir
+            ProloguePipeline(tokenizer=tokenizer, ar=ar).save_pretrained(staging)
+            written["pipeline"] = output_dir
+    logger.info("wrote %s (%s family) to %s", ", ".join(written), family, output_dir)
     return written
 
 
 __all__ = [
     "AR_SLOTS",
+    "JOINT_AR_SLOTS",
+    "OFFICIAL_FAMILIES",
     "TOKENIZER_SLOTS",
     "OfficialConfig",
     "ar_to_official",
     "convert_official_ar",
     "convert_official_checkpoint",
+    "convert_official_joint_ar",
     "convert_official_tokenizer",
     "load_official_shard",
     "null_condition",
     "official_ar_config",
+    "official_family",
+    "official_post_config",
     "official_tokenizer_config",
     "save_official_ar",
+    "shard_kind",
     "shard_name",
 ]
