@@ -23,7 +23,7 @@ from prologue_hf.testing_post import (
     tiny_visual_tokenizer,
     tiny_vqmodel,
 )
-from prologue_hf.training.data import ImageTrainingCollator, ImageTransform, prepare_image_dataset
+from prologue_hf.training.image_data import ImageTrainingCollator, ImageTransform, prepare_image_dataset
 from prologue_hf.training.trainer_post import (
     ProloguePostLossConfig,
     ProloguePostStage1Model,
@@ -124,9 +124,11 @@ def test_mismatched_tokenizer_or_ar_config_is_a_clear_error():
     with pytest.raises(ValueError, match="weights sha256"):
         post.set_visual_tokenizer(DiffusersVQModelAdapter(tiny_vqmodel(seed=5)))
     # an AR whose vocabulary does not fit the frozen tokenizer's grid / codebook
-    with pytest.raises(ValueError, match=r"num_visual_tokens \(grid\): AR 64 vs Prologue-Post 16.*4x4 grid"):
+    with pytest.raises(
+        ValueError, match=r"num_visual_tokens: AR 64 vs tokenizer 16\).*over a frozen diffusers_vqmodel .*\(4x4 grid\)"
+    ):
         post.check_ar_config(_ar_config(post, num_visual_tokens=64))
-    with pytest.raises(ValueError, match=r"visual_vocab_size \(codebook\): AR 64 vs Prologue-Post 32"):
+    with pytest.raises(ValueError, match=r"visual_vocab_size: AR 64 vs tokenizer 32"):
         post.check_ar_config(_ar_config(post, visual_vocab_size=64))
     with pytest.raises(ValueError, match="4x4 grid"):
         ProloguePostStage1Model(post, PrologueARForCausalLM(_ar_config(post, num_visual_tokens=64)))

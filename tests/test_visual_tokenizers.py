@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from prologue_hf.identity import weights_sha256
 from prologue_hf.models.visual_tokenizers import (
     VISUAL_TOKENIZER_ADAPTERS,
     ChameleonVQVAEAdapter,
@@ -15,7 +16,6 @@ from prologue_hf.models.visual_tokenizers import (
     adapter_for_model,
     check_identity,
     load_visual_tokenizer,
-    weights_sha256,
 )
 from prologue_hf.testing import tiny_tokenizer
 from prologue_hf.testing_post import (

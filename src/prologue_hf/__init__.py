@@ -25,7 +25,7 @@ from .models import (
 from .models.configuration_prologue_post import ProloguePostConfig
 from .models.discriminator import PrologueDiscriminator, PrologueDiscriminatorConfig
 from .models.modeling_prologue_post import ProloguePostModel
-from .vocabulary import PrologueVocabulary
+from .vocabulary import PrologueVocabulary, check_compatible
 
 __version__ = "0.1.0"
 
@@ -38,28 +38,6 @@ AutoModel.register(PrologueARConfig, PrologueARModel, exist_ok=True)
 AutoModel.register(ProloguePostConfig, ProloguePostModel, exist_ok=True)
 AutoModel.register(PrologueDiscriminatorConfig, PrologueDiscriminator, exist_ok=True)
 AutoModelForCausalLM.register(PrologueARConfig, PrologueARForCausalLM, exist_ok=True)
-
-
-def check_compatible(tokenizer_config, ar_config: PrologueARConfig) -> None:
-    """Raise ``ValueError`` unless the AR's vocabulary fits the tokenizer's ids (codebooks, K, N).
-
-    ``tokenizer_config`` is a :class:`PrologueTokenizerConfig` or a :class:`ProloguePostConfig` (anything with
-    ``visual_codebook_size``, ``prologue_codebook_size``, ``num_prologue_tokens``, ``num_visual_tokens``).
-    """
-    pairs = {
-        "visual_vocab_size / visual_codebook_size": (ar_config.visual_vocab_size, tokenizer_config.visual_codebook_size),
-        "num_prologue_tokens": (ar_config.num_prologue_tokens, tokenizer_config.num_prologue_tokens),
-        "num_visual_tokens": (ar_config.num_visual_tokens, tokenizer_config.num_visual_tokens),
-    }
-    if tokenizer_config.num_prologue_tokens:
-        pairs["prologue_vocab_size / prologue_codebook_size"] = (
-            ar_config.prologue_vocab_size,
-            tokenizer_config.prologue_codebook_size,
-        )
-    mismatched = {k: v for k, v in pairs.items() if v[0] != v[1]}
-    if mismatched:
-        detail = "; ".join(f"{k}: AR {a} vs tokenizer {t}" for k, (a, t) in mismatched.items())
-        raise ValueError(f"tokenizer and AR vocabularies do not match ({detail})")
 
 
 # name -> submodule, imported on first attribute access (PEP 562)

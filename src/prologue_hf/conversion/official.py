@@ -822,8 +822,8 @@ def convert_official_checkpoint(
     else:
         ar = convert_official_ar(ar_dir, official, ar_weights, dtype=dtype) if ar_dir else None
     if tokenizer is not None and ar is not None:
-        from .. import check_compatible
-        from ..training.pretokenize import tokenizer_identity  # deferred: pulls in `datasets`
+        from ..identity import tokenizer_identity
+        from ..vocabulary import check_compatible
 
         check_compatible(tokenizer.config, ar.config)
         # Record the pair, so ids pretokenized with this tokenizer are accepted for fine-tuning this AR.

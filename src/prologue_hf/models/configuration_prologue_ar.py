@@ -7,7 +7,7 @@ No ``from __future__ import annotations``: ``@strict`` then checks every field's
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-from ..vocabulary import PrologueVocabulary
+from ..vocabulary import PrologueVocabulary, ar_vocabulary_fields
 from .configuration_prologue_tokenizer import normalize_config_fields
 
 # Paper appendix Table A4 and the official configs (ar/small, base, large, xlarge). The paper's XL row
@@ -122,15 +122,16 @@ class PrologueARConfig(LlamaConfig):
 
     @classmethod
     def for_tokenizer(cls, tokenizer_config, num_classes: int, **kwargs) -> "PrologueARConfig":
-        """An AR config whose vocabulary matches ``tokenizer_config`` (a :class:`PrologueTokenizerConfig`)."""
-        return cls(
-            visual_vocab_size=tokenizer_config.visual_codebook_size,
-            prologue_vocab_size=tokenizer_config.prologue_codebook_size,
-            num_prologue_tokens=tokenizer_config.num_prologue_tokens,
-            num_visual_tokens=tokenizer_config.num_visual_tokens,
-            num_classes=num_classes,
-            **kwargs,
-        )
+        """An AR config whose vocabulary matches ``tokenizer_config`` (any tokenizer description:
+        :meth:`PrologueVocabulary.from_tokenizer_config`); ``kwargs`` are further fields, and a vocabulary field
+        among them must equal the tokenizer's (:func:`~prologue_hf.vocabulary.ar_vocabulary_fields`).
+
+        >>> from prologue_hf.testing import tiny_tokenizer_config
+        >>> PrologueARConfig.for_tokenizer(tiny_tokenizer_config(), 10, hidden_size=64, num_hidden_layers=2,
+        ...     num_attention_heads=4).vocab_size
+        92
+        """
+        return cls(**ar_vocabulary_fields(tokenizer_config, num_classes, **kwargs))
 
 
 __all__ = ["PrologueARConfig", "AR_PRESETS"]

@@ -228,7 +228,7 @@ class PrologueARForCausalLM(PrologueARPreTrainedModel, LlamaForCausalLM):
         class_emb = weight[vocab.class_token_ids(class_labels).to(weight.device)][:, None]  # [B, 1, D]
         parts = [class_emb]
         if vocab.has_prologue:
-            prologue_rows = weight[vocab.prologue_offset : vocab.prologue_offset + vocab.prologue_vocab_size]
+            prologue_rows = weight[vocab.prologue_id_slice]
             if prologue_soft_onehot is not None:
                 parts.append(prologue_soft_onehot.to(weight.dtype) @ prologue_rows)
             elif prologue_ids is not None:
@@ -237,7 +237,7 @@ class PrologueARForCausalLM(PrologueARPreTrainedModel, LlamaForCausalLM):
             else:
                 raise ValueError("prologue_soft_onehot or prologue_ids is required when num_prologue_tokens > 0")
             parts.append(weight[vocab.eos_token_id].expand(class_emb.shape[0], 1, -1))
-        visual_rows = weight[: vocab.visual_vocab_size]
+        visual_rows = weight[vocab.visual_id_slice]
         if visual_soft_onehot is not None:
             visual_emb = visual_soft_onehot.to(weight.dtype) @ visual_rows
         elif visual_ids is not None:

@@ -29,6 +29,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
+from ..vocabulary import check_compatible
 from .configuration_prologue_post import ProloguePostConfig
 from .modeling_prologue_tokenizer import (
     PrologueTokenizerDecoderOutput,
@@ -194,22 +195,9 @@ class ProloguePostModel(ProloguePostPreTrainedModel):
         return self
 
     def check_ar_config(self, ar_config) -> None:
-        """Raise ``ValueError`` unless an AR with ``ar_config`` models this model's ids (V, N = grid**2, K, P)."""
-        c = self.config
-        pairs = {
-            "visual_vocab_size (codebook)": (ar_config.visual_vocab_size, c.visual_codebook_size),
-            "num_visual_tokens (grid)": (ar_config.num_visual_tokens, c.num_visual_tokens),
-            "num_prologue_tokens": (ar_config.num_prologue_tokens, c.num_prologue_tokens),
-            "prologue_vocab_size": (ar_config.prologue_vocab_size, c.prologue_codebook_size),
-        }
-        mismatched = {k: v for k, v in pairs.items() if v[0] != v[1]}
-        if mismatched:
-            detail = "; ".join(f"{k}: AR {a} vs Prologue-Post {b}" for k, (a, b) in mismatched.items())
-            kind = (c.visual_tokenizer or {}).get("adapter_type", "unknown")
-            raise ValueError(
-                f"the AR config does not match the Prologue-Post tokenizer ({detail}); the frozen {kind} tokenizer has a "
-                f"{c.visual_grid_size}x{c.visual_grid_size} grid ({c.num_visual_tokens} ids) and {c.visual_codebook_size} codes"
-            )
+        """Raise ``ValueError`` unless an AR with ``ar_config`` models this model's ids (V, N = grid**2, K, P):
+        :func:`~prologue_hf.vocabulary.check_compatible` on this model's config."""
+        check_compatible(self.config, ar_config)
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, pixel_values: torch.Tensor) -> ProloguePostEncoderOutput:

@@ -31,7 +31,6 @@ Conventions shared by every adapter:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from abc import ABC, abstractmethod
@@ -42,23 +41,10 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput, logging
 
-logger = logging.get_logger(__name__)
+from ..identity import clean_config, weights_sha256
+from .modeling_prologue_tokenizer import check_pixel_range
 
-# Bookkeeping keys of HF configs that do not describe the model (versions, paths, dtypes).
-_VOLATILE_CONFIG_KEYS = {
-    "_name_or_path",
-    "name_or_path",
-    "transformers_version",
-    "_diffusers_version",
-    "_class_name",
-    "_commit_hash",
-    "_attn_implementation_autoset",
-    "_use_default_values",
-    "architectures",
-    "dtype",
-    "torch_dtype",
-    "auto_map",
-}
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -80,24 +66,9 @@ def _grid_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-def _clean_config(config: Any) -> dict:
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return {k: v for k, v in values.items() if k not in _VOLATILE_CONFIG_KEYS}
-
-
 def _import_object(path: str) -> Any:
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-def weights_sha256(model: nn.Module) -> str:
-    """``"sha256:<32 hex>"`` over every tensor of ``model.state_dict()`` (name, dtype, shape, bytes), as held."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()[:32]
 
 
 class VisualTokenizerAdapter(ABC):
@@ -198,6 +169,21 @@ class VisualTokenizerAdapter(ABC):
         h, w = self.grid_shape
         return h * w
 
+    # The four fields a tokenizer config exposes to the AR (PrologueVocabulary.from_tokenizer_config): a frozen VQ
+    # model has no prologue, so an AR over its ids alone is the 2D baseline (K = 0).
+    @property
+    def visual_codebook_size(self) -> int:
+        """V, as a tokenizer config names it (= :attr:`codebook_size`)."""
+        return self.codebook_size
+
+    @property
+    def num_visual_tokens(self) -> int:
+        """N, as a tokenizer config names it (= :attr:`num_tokens`)."""
+        return self.num_tokens
+
+    num_prologue_tokens: ClassVar[int] = 0
+    prologue_codebook_size: ClassVar[int] = 0
+
     @property
     def num_channels(self) -> int:
         """Image channels C."""
@@ -259,14 +245,9 @@ class VisualTokenizerAdapter(ABC):
             )
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be float in [-1, 1], got dtype {pixel_values.dtype}")
-        if pixel_values.numel():
-            low, high = pixel_values.aminmax()
-            # 5% slack for interpolation overshoot; catches [0, 255]-scaled inputs early.
-            if float(low) < -1.05 or float(high) > 1.05:
-                raise ValueError(
-                    f"pixel_values must lie in [-1, 1] (x / 127.5 - 1); got values in [{float(low):.3g}, {float(high):.3g}]."
-                    f" The adapter maps [-1, 1] onto the model's own input_range {self.input_range} itself."
-                )
+        # the tokenizer's rule for every adapter (NaN/Inf, [-1, 1] with resampling slack, how to convert); the adapter
+        # maps [-1, 1] onto its model's own input_range itself
+        check_pixel_range(pixel_values, synchronize=pixel_values.device.type == "cpu")
 
     def check_visual_ids(self, visual_ids: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``visual_ids`` is an integer ``[B, N]`` tensor in ``[0, codebook_size)``."""
@@ -274,7 +255,7 @@ class VisualTokenizerAdapter(ABC):
         if not isinstance(visual_ids, torch.Tensor) or visual_ids.ndim != 2 or visual_ids.shape[1] != n:
             shape = list(visual_ids.shape) if isinstance(visual_ids, torch.Tensor) else type(visual_ids).__name__
             raise ValueError(f"visual_ids must have shape [B, {n}] ({self.grid_shape[0]}x{self.grid_shape[1]} grid), got {shape}")
-        if visual_ids.is_floating_point():
+        if visual_ids.is_floating_point() or visual_ids.dtype == torch.bool:
             raise ValueError(f"visual_ids must be an integer tensor, got dtype {visual_ids.dtype}")
         if visual_ids.numel() and (int(visual_ids.min()) < 0 or int(visual_ids.max()) >= self.codebook_size):
             raise ValueError(
@@ -309,13 +290,13 @@ class VisualTokenizerAdapter(ABC):
     # ------------------------------------------------------------------ identity, save, load
     def identity(self, with_weights: bool = True) -> dict:
         """Location-free description: adapter type, model class, the model's own config, image size, input range and
-        (``with_weights``) :func:`weights_sha256` of the weights."""
+        (``with_weights``) :func:`~prologue_hf.identity.weights_sha256` of the weights."""
         model_class = type(self.model)
         identity = {
             "adapter_type": self.adapter_type,
             "adapter_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "model_class": f"{model_class.__module__}.{model_class.__qualname__}",
-            "model_config": _clean_config(self.model.config),
+            "model_config": clean_config(self.model.config),
             "image_size": self.image_size,
             "input_range": list(self.input_range),
             "codebook_size": self.codebook_size,
@@ -761,5 +742,4 @@ __all__ = [
     "load_visual_tokenizer",
     "detect_adapter_type",
     "check_identity",
-    "weights_sha256",
 ]
