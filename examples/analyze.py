@@ -10,7 +10,7 @@
     # Fig. 1 / A3: rows with a fixed prologue, visual tokens resampled
     python examples/analyze.py resample --pipeline PATH --classes 88 207 279 --num-resamples 8 --output-dir figs
 
-    # Fig. A1 from `examples/evaluate.py sweep` results (one curve per variant)
+    # Fig. A1 from `examples/evaluate_model.py sweep` results (one curve per variant)
     python examples/analyze.py cfg-plot --results B-B=runs/bb/cfg_sweep.json L-XL=runs/lxl/cfg_sweep.json \\
         --output-dir figs
 """

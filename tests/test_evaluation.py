@@ -406,7 +406,7 @@ def test_random_effnet_extractor_is_usable_without_the_weights_package():
     assert extractor(random_images(2, size=16))["features"].shape == (2, 1280)
 
 
-# ------------------------------------------------------------------------------------------------ examples/evaluate.py
+# --------------------------------------------------------------------------------- examples/evaluate_model.py
 def _image_folder(root, splits=("train", "validation"), per_class=3):
     import PIL.Image
 
@@ -420,7 +420,7 @@ def _image_folder(root, splits=("train", "validation"), per_class=3):
 
 
 def test_example_sample_and_metrics(pipe, tmp_path, capsys, load_example):
-    example = load_example("evaluate")
+    example = load_example("evaluate_model")
     pipe.save_pretrained(tmp_path / "pipe")
     args = ["--images-per-class", "2", "--shard-size", "3", "--batch-size", "3", "--seed", "5"]
     example.main(["sample", "--pipeline", str(tmp_path / "pipe"), "--output-dir", str(tmp_path / "cli"), *args])
@@ -439,7 +439,7 @@ def test_example_sample_and_metrics(pipe, tmp_path, capsys, load_example):
 
 
 def test_example_reconstruction_and_probe(tmp_path, load_example):
-    example = load_example("evaluate")
+    example = load_example("evaluate_model")
     tokenizer = tiny_tokenizer()
     tokenizer.save_pretrained(tmp_path / "tok")
     data = _image_folder(tmp_path / "data")

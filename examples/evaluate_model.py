@@ -2,22 +2,22 @@
 the linear probe. The exact paper protocol is in docs/evaluation.md.
 
     # 50 images per class (50,000) with the paper's B-B settings, sharded over all GPUs, resumable
-    accelerate launch examples/evaluate.py sample --pipeline PATH --sampling prologue-B-B --output-dir runs/bb
+    accelerate launch examples/evaluate_model.py sample --pipeline PATH --sampling prologue-B-B --output-dir runs/bb
 
     # gFID / IS / precision / recall against the ADM reference batch (InceptionV3 weights as a local file)
-    python examples/evaluate.py metrics --samples runs/bb/samples.npz \\
+    python examples/evaluate_model.py metrics --samples runs/bb/samples.npz \\
         --reference VIRTUAL_imagenet256_labeled.npz --inception-weights weights-inception-2015-12-05-6726825d.pth
 
     # rFID / PSNR / SSIM / codebook usage on ImageNet validation
-    python examples/evaluate.py reconstruction --tokenizer PATH --data ILSVRC/imagenet-1k --split validation \\
+    python examples/evaluate_model.py reconstruction --tokenizer PATH --data ILSVRC/imagenet-1k --split validation \\
         --inception-weights weights-inception-2015-12-05-6726825d.pth --output-dir runs/recon
 
     # Fig. A1: sweep the visual guidance scale of a preset
-    accelerate launch examples/evaluate.py sweep --pipeline PATH --sampling prologue-B-B --scales 3 3.5 3.75 4 \\
+    accelerate launch examples/evaluate_model.py sweep --pipeline PATH --sampling prologue-B-B --scales 3 3.5 3.75 4 \\
         --reference VIRTUAL_imagenet256_labeled.npz --inception-weights ... --output-dir runs/sweep
 
     # Table 4: linear probe on the 16 mean-pooled prologue tokens (--source visual for a 2D tokenizer)
-    python examples/evaluate.py probe --tokenizer PATH --data ILSVRC/imagenet-1k --output-dir runs/probe
+    python examples/evaluate_model.py probe --tokenizer PATH --data ILSVRC/imagenet-1k --output-dir runs/probe
 
 Without --inception-weights only the offline FD-EffNetLite0 is computed (a Fréchet distance on EfficientNet-Lite0
 features: useful for comparisons, NOT comparable with published FIDs).
