@@ -21,6 +21,7 @@ Ours -> official layout (AR only)::
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -84,4 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileExistsError, FileNotFoundError, NotImplementedError) as error:
+        sys.exit(f"error: {error}")  # a refusal is one line on stderr and exit status 1, not a traceback
