@@ -11,6 +11,8 @@ The decoder sees the visual codes only; prologue tokens never reach it. The enco
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +20,83 @@ import PIL.Image
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput, logging
+from transformers.utils import CONFIG_NAME, ModelOutput, logging
 
 from .configuration_prologue_tokenizer import PrologueTokenizerConfig
 from .layers import PrologueRMSNorm, ViTBlock, multi_axis_rope_angles
 from .quantizers import L2VectorQuantizer, ProbSTEQuantizer, QuantizerOutput
 
 logger = logging.get_logger(__name__)
+
+# How far outside [-1, 1] pixel values may lie before encode refuses them. Exact inputs (preprocess: x / 127.5 - 1)
+# need no slack and bf16 rounding adds at most 2**-8, but resampling does: bicubic and Lanczos kernels have negative
+# lobes and overshoot a sharp black/white edge (measured on a [-1, 1] step: F.interpolate bicubic x2 1.211, PIL
+# LANCZOS 1.206, PIL BICUBIC 1.141). 0.25 keeps those and still refuses what ruins the ids: [0, 255] inputs (max far
+# above 1) and ImageNet mean/std-normalised ones ([-2.1, 2.6]).
+PIXEL_RANGE_TOLERANCE = 0.25
+# 16-bit PIL modes (16-bit grayscale PNG / TIFF): full scale 65535. convert("RGB") would clip them to 255, i.e. white.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def check_pixel_range(pixel_values: torch.Tensor, name: str = "pixel_values", synchronize: bool = True) -> None:
+    """Raise ``ValueError`` unless the float tensor ``pixel_values`` is non-empty and every value is finite and within
+    ``[-1, 1]`` (plus :data:`PIXEL_RANGE_TOLERANCE` for resampling overshoot); the message gives the range seen and
+    the conversion.
+
+    ``synchronize=False`` (off the CPU) queues a device-side assertion with the same rule instead of reading the
+    extremes on the host, so a forward does not wait for the device (as the AR's id check). On the host path a batch
+    that lies wholly in ``[0, 1]`` gets a warning: it is legal but is what torchvision's ``ToTensor`` produces.
+    """
+    if not pixel_values.numel():
+        raise ValueError(f"{name} is empty (shape {list(pixel_values.shape)}): nothing to encode")
+    limit = 1.0 + PIXEL_RANGE_TOLERANCE
+    conversions = (
+        "convert [0, 1] images (torchvision ToTensor) with x * 2 - 1, [0, 255] floats with x / 127.5 - 1, uint8 "
+        "images with PrologueTokenizerModel.preprocess, and clamp resized images with x.clamp(-1, 1)"
+    )
+    if not synchronize:
+        in_range = torch.isfinite(pixel_values).all() & (pixel_values.abs() <= limit).all()
+        torch._assert_async(in_range, f"{name} must be finite and lie in [-1, 1] (+-{PIXEL_RANGE_TOLERANCE}); {conversions}")
+        return
+    finite = torch.isfinite(pixel_values)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{name} has {int((~finite).sum())} NaN/Inf values of {pixel_values.numel()}; an image with one of them "
+            "would get meaningless ids"
+        )
+    low, high = (float(v) for v in pixel_values.aminmax())
+    if low < -limit or high > limit:
+        raise ValueError(
+            f"{name} must lie in [-1, 1] (up to {PIXEL_RANGE_TOLERANCE} beyond, for resampling overshoot); got values "
+            f"in [{low:.4g}, {high:.4g}]. {conversions[0].upper()}{conversions[1:]}."
+        )
+    if low >= 0.0:
+        logger.warning_once(
+            f"{name} all lie in [0, {high:.3g}]: fine for a bright image, but [0, 1] images (torchvision ToTensor) "
+            "must be converted with x * 2 - 1 first"
+        )
+
+
+def _pil_to_array(image: PIL.Image.Image) -> tuple[np.ndarray, float]:
+    """A PIL image -> ``[H, W, 3]`` unsigned integer array and its full-scale value (255 or 65535)."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        gray = np.asarray(image).astype(np.uint16)  # native byte order whatever the file's
+        return np.repeat(gray[..., None], 3, axis=-1), 65535.0
+    if image.mode in ("F", "I"):
+        # No fixed range: a float TIFF may hold [0, 1] or [0, 255], an "I" image 8- or 16-bit data. PIL's own
+        # convert("RGB") clips to [0, 255], which turns a [0, 1] image black.
+        kind = "32-bit float" if image.mode == "F" else "32-bit integer"
+        raise ValueError(
+            f"images: PIL mode {image.mode!r} ({kind}) has no fixed value range, so it is not guessed; convert it to "
+            "8 bits first, e.g. PIL.Image.fromarray((np.asarray(image) * 255).round().astype(np.uint8)) for values in "
+            "[0, 1], or .clip(0, 255).round().astype(np.uint8) for values in [0, 255]"
+        )
+    return np.asarray(image.convert("RGB")), 255.0
+
+
+def _compact_keys(keys: list[str]) -> list[str]:
+    """State-dict keys with everything after a layer index folded: ``encoder.layers.2.*``."""
+    return sorted({re.sub(r"(layers\.\d+)\..*", r"\1.*", key) for key in keys})
 
 
 @dataclass
@@ -226,6 +298,42 @@ class PrologueTokenizerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ViTBlock"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, strict: bool = True, **kwargs):
+        """``transformers.PreTrainedModel.from_pretrained`` that refuses a checkpoint which does not match its config.
+
+        transformers loads a folder whose ``config.json`` was deleted with the default (B) config, and a
+        ``config.json`` whose layer count was edited with randomly initialised layers, behind a warning table only.
+        Here a local folder without ``config.json`` (and no ``config=`` given) is a ``FileNotFoundError`` naming the
+        folder, and missing or unexpected weights are a ``RuntimeError`` naming them (weights of another shape are
+        already an error in transformers unless ``ignore_mismatched_sizes=True``).
+
+        Args:
+            strict: ``False`` keeps transformers' behaviour: missing weights are initialised randomly, unexpected
+                ones dropped, with the warning table (as ``torch.nn.Module.load_state_dict(strict=False)``).
+            kwargs: ``transformers.PreTrainedModel.from_pretrained`` arguments.
+        """
+        subfolder = kwargs.get("subfolder")
+        folder = os.path.join(str(pretrained_model_name_or_path), subfolder) if subfolder else str(pretrained_model_name_or_path)
+        if kwargs.get("config") is None and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+            raise FileNotFoundError(
+                f"{folder} has no {CONFIG_NAME}: without it the weights would be read into the default config; restore "
+                f"the file or pass config=... ({cls.config_class.__name__}) explicitly"
+            )
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        missing, unexpected = _compact_keys(info["missing_keys"]), _compact_keys(info["unexpected_keys"])
+        if strict and (missing or unexpected):
+            c = model.config
+            raise RuntimeError(
+                f"the weights in {folder} do not match its {CONFIG_NAME} (num_hidden_layers={c.num_hidden_layers}, "
+                f"decoder_num_hidden_layers={c.decoder_num_hidden_layers}): missing {missing[:6] or 'none'}"
+                f"{' ...' if len(missing) > 6 else ''}, unexpected {unexpected[:6] or 'none'}"
+                f"{' ...' if len(unexpected) > 6 else ''}. Was config.json edited or taken from another checkpoint? "
+                "strict=False loads anyway (missing weights random, unexpected ones dropped)"
+            )
+        return (model, info) if output_loading_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -294,25 +402,35 @@ class PrologueTokenizerModel(PrologueTokenizerPreTrainedModel):
                 f"pixel_values must have shape [B, {', '.join(map(str, expected))}] "
                 f"(channels, image_size, image_size), got {list(pixel_values.shape)}"
             )
+        check_pixel_range(pixel_values, synchronize=pixel_values.device.type == "cpu")
 
-    def _check_visual_ids(self, visual_ids: torch.Tensor) -> None:
+    def _check_visual_ids(self, visual_ids: torch.Tensor) -> torch.Tensor:
+        """Checked ``visual_ids`` as ``long``: any integer dtype is accepted (pretokenized datasets store int16)."""
         n = self.config.num_visual_tokens
+        if not isinstance(visual_ids, torch.Tensor):
+            raise ValueError(f"visual_ids must be a torch tensor [B, {n}], got {type(visual_ids).__name__}")
         if visual_ids.ndim != 2 or visual_ids.shape[1] != n:
             raise ValueError(f"visual_ids must have shape [B, {n}], got {list(visual_ids.shape)}")
-        if visual_ids.is_floating_point():
+        if visual_ids.is_floating_point() or visual_ids.is_complex() or visual_ids.dtype == torch.bool:
             raise ValueError(f"visual_ids must be an integer tensor, got dtype {visual_ids.dtype}")
+        if not visual_ids.shape[0]:
+            raise ValueError("visual_ids is an empty batch (B = 0)")
+        return visual_ids.long()
 
     # ------------------------------------------------------------------ encode / decode
     def encode(self, pixel_values: torch.Tensor) -> PrologueTokenizerEncoderOutput:
         """Tokenize images.
 
         Args:
-            pixel_values: ``[B, C, H, W]`` float images in ``[-1, 1]`` (see :meth:`preprocess`).
+            pixel_values: ``[B, C, H, W]`` float images in ``[-1, 1]`` (see :meth:`preprocess`), any float dtype
+                (cast to the model's). NaN/Inf, or values more than :data:`PIXEL_RANGE_TOLERANCE` outside
+                ``[-1, 1]``, raise ``ValueError`` (see :func:`check_pixel_range`).
 
         Returns:
             :class:`PrologueTokenizerEncoderOutput` with ``visual_ids`` ``[B, N]`` and ``prologue_ids`` ``[B, K]``.
         """
         self._check_pixel_values(pixel_values)
+        pixel_values = pixel_values.to(self.encoder.input_layer.weight.dtype)
         hidden = self.encoder(patchify(pixel_values, self.config.patch_size))
         num_patches = self.config.num_patches
         if self.config.tokenizer_type == "1d":
@@ -339,8 +457,9 @@ class PrologueTokenizerModel(PrologueTokenizerPreTrainedModel):
         return self.decoder(visual_codes.to(self.decoder.input_layer.weight.dtype))
 
     def decode(self, visual_ids: torch.Tensor) -> PrologueTokenizerDecoderOutput:
-        """Decode visual ids ``[B, N]`` to ``pixel_values`` ``[B, C, H, W]`` (about ``[-1, 1]``, not clamped)."""
-        self._check_visual_ids(visual_ids)
+        """Decode visual ids ``[B, N]`` (any integer dtype) to ``pixel_values`` ``[B, C, H, W]`` (about ``[-1, 1]``,
+        not clamped)."""
+        visual_ids = self._check_visual_ids(visual_ids)
         return PrologueTokenizerDecoderOutput(pixel_values=self.decode_codes(self.visual_quantizer.lookup(visual_ids)))
 
     def forward(self, pixel_values: torch.Tensor) -> PrologueTokenizerOutput:
@@ -357,11 +476,27 @@ class PrologueTokenizerModel(PrologueTokenizerPreTrainedModel):
     @staticmethod
     def preprocess(images: PIL.Image.Image | list | np.ndarray | torch.Tensor) -> torch.Tensor:
         """PIL image(s), uint8 arrays ``[H, W, C]``/``[B, H, W, C]`` or uint8 tensors ``[B, C, H, W]`` -> float
-        ``[B, C, H, W]`` in ``[-1, 1]`` (``x / 127.5 - 1``, as the official code). No resizing is done."""
+        ``[B, C, H, W]`` in ``[-1, 1]`` (``x / 127.5 - 1``, as the official code). No resizing is done.
+
+        PIL images are converted to RGB; 16-bit ones (``"I;16"``, e.g. 16-bit grayscale PNGs) are scaled from
+        ``[0, 65535]``. Modes without a fixed range (``"F"`` float, ``"I"`` 32-bit) raise ``ValueError``.
+        """
         if isinstance(images, PIL.Image.Image):
             images = [images]
-        if isinstance(images, list):
-            images = np.stack([np.asarray(img.convert("RGB") if isinstance(img, PIL.Image.Image) else img) for img in images])
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("images is an empty list")
+            arrays = [_pil_to_array(img) if isinstance(img, PIL.Image.Image) else (np.asarray(img), 255.0) for img in images]
+            if any(a.dtype != np.uint8 for a, scale in arrays if scale == 255.0):
+                raise ValueError("images: arrays in a list must be uint8 [H, W, C] (0..255)")
+            shapes = sorted({a.shape for a, _ in arrays})
+            if len(shapes) > 1:
+                raise ValueError(f"images must all have the same size and channels to form a batch, got shapes {shapes}")
+            if any(scale != 255.0 for _, scale in arrays):  # 16-bit images: each scaled by its own full scale
+                return torch.stack(
+                    [torch.from_numpy(a.astype(np.float32)).permute(2, 0, 1) / (scale / 2) - 1.0 for a, scale in arrays]
+                )
+            images = np.stack([a for a, _ in arrays])
         if isinstance(images, np.ndarray):
             if images.ndim == 3:
                 images = images[None]
@@ -375,7 +510,26 @@ class PrologueTokenizerModel(PrologueTokenizerPreTrainedModel):
     @staticmethod
     def postprocess(pixel_values: torch.Tensor, output_type: str = "pil") -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
         """``[B, C, H, W]`` in ``[-1, 1]`` -> ``"pil"`` list, ``"np"`` float ``[B, H, W, C]`` in ``[0, 1]``,
-        ``"pt"`` float ``[B, C, H, W]`` in ``[0, 1]`` or ``"uint8"`` tensor ``[B, C, H, W]``."""
+        ``"pt"`` float ``[B, C, H, W]`` in ``[0, 1]`` or ``"uint8"`` tensor ``[B, C, H, W]``.
+
+        Values outside ``[-1, 1]`` are clamped (the decoder output is not); NaN/Inf raise ``ValueError`` rather than
+        becoming black or white pixels.
+        """
+        if output_type not in ("pil", "np", "pt", "uint8"):
+            raise ValueError(f"output_type must be one of 'pil', 'np', 'pt', 'uint8'; got {output_type!r}")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or not pixel_values.is_floating_point():
+            described = (
+                f"{pixel_values.dtype} {list(pixel_values.shape)}"
+                if isinstance(pixel_values, torch.Tensor)
+                else type(pixel_values).__name__
+            )
+            raise ValueError(f"pixel_values must be a float tensor [B, C, H, W] in [-1, 1], got {described}")
+        finite = torch.isfinite(pixel_values)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"pixel_values has {int((~finite).sum())} NaN/Inf values (a diverged model or a bad dtype cast?); "
+                "refusing to turn them into black or white pixels"
+            )
         images = ((pixel_values.float() + 1.0) / 2.0).clamp(0.0, 1.0)
         if output_type == "pt":
             return images
@@ -384,14 +538,28 @@ class PrologueTokenizerModel(PrologueTokenizerPreTrainedModel):
         array = images.permute(0, 2, 3, 1).cpu().numpy()
         if output_type == "np":
             return array
-        if output_type == "pil":
-            uint8 = (array * 255.0).round().astype(np.uint8)
-            return [PIL.Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img) for img in uint8]
-        raise ValueError(f"output_type must be one of 'pil', 'np', 'pt', 'uint8'; got {output_type!r}")
+        uint8 = (array * 255.0).round().astype(np.uint8)  # output_type == "pil"
+        return [PIL.Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img) for img in uint8]
 
     def codebook_usage(self, ids: torch.Tensor, codebook: str = "visual") -> dict[str, float]:
-        """Fraction of codes used and perplexity of the code histogram of ``ids`` (any shape)."""
+        """Fraction of codes used and perplexity of the code histogram of ``ids`` (integer, any shape, raw codebook
+        ids in ``[0, codebook size)``, not combined-vocabulary ids); ``codebook`` is ``"visual"`` or ``"prologue"``."""
+        if codebook not in ("visual", "prologue"):
+            raise ValueError(f"codebook must be 'visual' or 'prologue', got {codebook!r}")
+        if codebook == "prologue" and not self.config.num_prologue_tokens:
+            raise ValueError(f"codebook='prologue': this {self.config.tokenizer_type!r} tokenizer has no prologue tokens")
         size = self.config.visual_codebook_size if codebook == "visual" else self.config.prologue_codebook_size
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            described = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise ValueError(f"ids must be an integer tensor of {codebook} code ids, got {described}")
+        if not ids.numel():
+            raise ValueError("ids is empty: there is no code histogram to measure")
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= size:
+            raise ValueError(
+                f"ids must lie in [0, {size}) (the {codebook} codebook); got values in [{low}, {high}]. Combined-vocabulary "
+                "ids must be split first (PrologueVocabulary)"
+            )
         counts = torch.bincount(ids.flatten().long(), minlength=size).float()
         probs = counts / counts.sum().clamp_min(1)
         entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
@@ -406,4 +574,6 @@ __all__ = [
     "PrologueTokenizerDecoderOutput",
     "patchify",
     "unpatchify",
+    "check_pixel_range",
+    "PIXEL_RANGE_TOLERANCE",
 ]
