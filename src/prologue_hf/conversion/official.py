@@ -21,7 +21,8 @@ Permuting the rows of ``q_proj``/``k_proj`` (and the q/k norm weights) inside ea
 ``[0, 2, 4, ..., 1, 3, 5, ...]`` maps one onto the other exactly (attention scores are invariant to a shared
 permutation of q and k channels).
 
-Layouts and facts: ``shared/fixtures/official-prologue-tiny/SPEC.md`` (official ``models.py``, ``train_ar.py``).
+Layouts and facts, as read from the official ``models.py`` and ``train_ar.py``:
+``tests/fixtures/official-prologue-tiny/SPEC.md``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from .output import check_output_dir, staged_output_dir
 
 logger = logging.get_logger(__name__)
 
-# accelerate ``save_state`` slot order of the official scripts (SPEC.md section 4).
+# accelerate ``save_state`` file order of the official scripts (``model.safetensors``, ``model_1``, ...): the tokenizer
+# run writes encoder, decoder, EMA encoder, EMA decoder; the AR run writes the AR, then its EMA.
 TOKENIZER_SLOTS = {"online": (0, 1), "ema": (2, 3)}  # (encoder, decoder); inference reads the EMA pair
 AR_SLOTS = {"online": 0, "ema": 1}  # official sampling reads the online AR (``ema_sampling: False``)
 JOINT_AR_SLOTS = {"online": 5, "ema": 6}  # the joint AR in a tokenizer folder (slot 4 is the GAN discriminator)
@@ -276,7 +278,7 @@ def _tokenizer_block(state: Mapping[str, torch.Tensor], prefix: str, c: torch.Te
 
 
 def _check_pos_select_mask(state: Mapping[str, torch.Tensor], key: str, path: Path) -> None:
-    # The official argmax adds this mask; released models keep it all zeros (SPEC.md section 2). Anything else would
+    # The official argmax adds this mask; released models keep it all zeros. Anything else would
     # restrict code choices per position, which our quantizers do not model.
     if bool(state[key].ne(0).any()):
         raise NotImplementedError(f"{path}: key {key!r} is not all zeros; per-position code masks are not supported")
@@ -386,7 +388,7 @@ def _build_tokenizer(
     for official, _ in quantizers:
         _check_pos_select_mask(enc_state, f"{official}.pos_select_mask", enc_path)
 
-    # ae_no_label: both networks always see the null label (SPEC.md section 2)
+    # ae_no_label: the official encoder and decoder always receive the null (unconditional) label
     converted: dict[str, torch.Tensor] = {
         "encoder.input_layer.weight": enc_state["enc.input_layer.weight"],
         "encoder.input_layer.bias": enc_state["enc.input_layer.bias"],

@@ -2,7 +2,8 @@
 
 The official scripts merge YAML layers with OmegaConf and an ``eval`` resolver (``utils.load_config``); we read
 the *resolved* result with ``yaml.safe_load`` only, parse ``mlp_ratio`` strings such as ``"8/3"`` as fractions and
-check every setting that changes the network's function against what our models implement (SPEC.md sections 1-3).
+check every setting that changes the network's function against what our models implement (the official layout:
+``tests/fixtures/official-prologue-tiny/SPEC.md``, sections 1-3).
 Errors name the config file and the dotted key.
 """
 

@@ -1,7 +1,7 @@
 """Building blocks of the Prologue ViT tokenizer: RMSNorm, GEGLU MLP, multi-axis RoPE, attention, block.
 
 The math follows the official Prologue code (described in
-``shared/fixtures/official-prologue-tiny/SPEC.md`` section 1) so that official checkpoints convert by copying
+``tests/fixtures/official-prologue-tiny/SPEC.md`` section 1) so that official checkpoints convert by copying
 tensors. Where the official code computes a norm affine or a residual gate from a *constant* null label, these
 blocks hold a plain learned vector instead (the converter folds the constant in).
 """
