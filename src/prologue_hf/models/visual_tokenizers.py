@@ -42,6 +42,7 @@ from torch import nn
 from transformers.utils import ModelOutput, logging
 
 from ..identity import clean_config, weights_sha256
+from .modeling_prologue_tokenizer import check_pixel_range
 
 logger = logging.get_logger(__name__)
 
@@ -244,14 +245,9 @@ class VisualTokenizerAdapter(ABC):
             )
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be float in [-1, 1], got dtype {pixel_values.dtype}")
-        if pixel_values.numel():
-            low, high = pixel_values.aminmax()
-            # 5% slack for interpolation overshoot; catches [0, 255]-scaled inputs early.
-            if float(low) < -1.05 or float(high) > 1.05:
-                raise ValueError(
-                    f"pixel_values must lie in [-1, 1] (x / 127.5 - 1); got values in [{float(low):.3g}, {float(high):.3g}]."
-                    f" The adapter maps [-1, 1] onto the model's own input_range {self.input_range} itself."
-                )
+        # the tokenizer's rule for every adapter (NaN/Inf, [-1, 1] with resampling slack, how to convert); the adapter
+        # maps [-1, 1] onto its model's own input_range itself
+        check_pixel_range(pixel_values, synchronize=pixel_values.device.type == "cpu")
 
     def check_visual_ids(self, visual_ids: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``visual_ids`` is an integer ``[B, N]`` tensor in ``[0, codebook_size)``."""
@@ -259,8 +255,10 @@ class VisualTokenizerAdapter(ABC):
         if not isinstance(visual_ids, torch.Tensor) or visual_ids.ndim != 2 or visual_ids.shape[1] != n:
             shape = list(visual_ids.shape) if isinstance(visual_ids, torch.Tensor) else type(visual_ids).__name__
             raise ValueError(f"visual_ids must have shape [B, {n}] ({self.grid_shape[0]}x{self.grid_shape[1]} grid), got {shape}")
-        if visual_ids.is_floating_point():
+        if visual_ids.is_floating_point() or visual_ids.dtype == torch.bool:
             raise ValueError(f"visual_ids must be an integer tensor, got dtype {visual_ids.dtype}")
+        if not visual_ids.shape[0]:
+            raise ValueError("visual_ids is an empty batch (B = 0)")
         if visual_ids.numel() and (int(visual_ids.min()) < 0 or int(visual_ids.max()) >= self.codebook_size):
             raise ValueError(
                 f"visual_ids must lie in [0, {self.codebook_size}); got values in "
