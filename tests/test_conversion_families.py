@@ -8,7 +8,7 @@ fixture's ``manifest.json`` (``sampling_runs``) applied on top of its config, as
 
 Tolerances (fixture READMEs, "Checks and tolerances"): ids exactly; float32 features, logits and reconstructions to
 rtol/atol 1e-5 (reconstructions reach ~5 in magnitude: atol 2e-5); per-step logits after classifier-free guidance to
-atol 1e-4, because a guidance scale ``w`` multiplies the last-ulp differences by up to ``2w - 1`` (19 in the 1D run)
+atol 1e-4, because a guidance scale ``w`` multiplies the last-ulp differences by up to ``2w - 1`` (37 in the 1D run)
 and the fixtures' own 1- vs 2-thread runs moved them by ~2e-5.
 """
 
