@@ -173,8 +173,17 @@ class PrologueVocabulary:
 
     # ---------------------------------------------------------------- conversions
     def class_token_ids(self, class_labels: torch.Tensor | list[int], allow_null: bool = True) -> torch.Tensor:
-        """Class labels ``[B]`` in ``[0, C)`` (``C`` means the null class when ``allow_null``) -> token ids ``[B]``."""
-        labels = torch.as_tensor(class_labels, dtype=torch.long)
+        """Class labels ``[B]`` in ``[0, C)`` (``C`` means the null class when ``allow_null``) -> token ids ``[B]``.
+
+        Labels must be integers: a float label (``1.7``) or a bool is refused, not truncated to another class.
+        """
+        labels = torch.as_tensor(class_labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(
+                f"class_labels must be integer class ids, got dtype {labels.dtype} (values {labels.flatten()[:4].tolist()}); "
+                "a float label would be truncated to another class, a bool read as 0 or 1"
+            )
+        labels = labels.long()
         upper = self.num_classes + int(allow_null)
         if labels.ndim != 1:
             raise ValueError(f"class_labels must be 1-D, got shape {list(labels.shape)}")
