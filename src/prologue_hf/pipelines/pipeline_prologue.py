@@ -54,10 +54,15 @@ class ProloguePipelineOutput(ImagePipelineOutput):
     visual_ids: torch.LongTensor | None = None
 
 
-def _normalize_id2label(id2label: dict | None, num_classes: int) -> dict[int, str] | None:
-    """JSON round trips turn int keys into strings; check keys and return ``{int: str}``."""
+def _normalize_id2label(id2label: dict | list | None, num_classes: int) -> dict[int, str] | None:
+    """JSON round trips turn int keys into strings; check keys and return ``{int: str}``. A list of names is
+    ``{index: name}``."""
     if id2label is None:
         return imagenet_id2label() if num_classes == 1000 else None
+    if isinstance(id2label, (list, tuple)):
+        id2label = dict(enumerate(id2label))
+    if not isinstance(id2label, dict):
+        raise ValueError(f"id2label must be a dict {{class id: name}} or a list of names, got {type(id2label).__name__}")
     normalized = {}
     for key, value in id2label.items():
         try:
@@ -79,8 +84,9 @@ class ProloguePipeline(DiffusionPipeline):
     Args:
         tokenizer: the visual tokenizer whose ids the AR models.
         ar: the class-conditional AR.
-        id2label: ``{class id: name}``; ``None`` uses the 1000 ImageNet names when the AR has 1000 classes. A name
-            may list synonyms separated by commas (``"tench, Tinca tinca"``), each usable in :meth:`get_label_ids`.
+        id2label: ``{class id: name}`` (or a list of names, index = class id); ``None`` uses the 1000 ImageNet names
+            when the AR has 1000 classes. A name may list synonyms separated by commas (``"tench, Tinca tinca"``),
+            each usable in :meth:`get_label_ids`.
         default_sampling: what ``__call__`` uses when ``sampling`` is not given: a preset name of
             :data:`~prologue_hf.pipelines.sampling.SAMPLING_PRESETS`, a :class:`SamplingParams` (stored as a dict)
             or ``None`` (plain sampling without guidance).
@@ -98,7 +104,7 @@ class ProloguePipeline(DiffusionPipeline):
         self,
         tokenizer: PrologueTokenizerModel | ProloguePostModel,
         ar: PrologueARForCausalLM,
-        id2label: dict | None = None,
+        id2label: dict | list | None = None,
         default_sampling: str | dict | SamplingParams | None = None,
     ):
         super().__init__()
@@ -126,6 +132,21 @@ class ProloguePipeline(DiffusionPipeline):
             for name in names.split(","):
                 if name.strip():
                     self.labels.setdefault(name.strip().lower(), index)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> ProloguePipeline:
+        """``DiffusionPipeline.from_pretrained``; a local pipeline folder without a component's subfolder (``ar/``,
+        ``tokenizer/``) is a ``FileNotFoundError`` naming it (diffusers would read that component from the pipeline
+        root and report a missing weights file there). A component passed as a keyword needs no subfolder."""
+        folder = str(pretrained_model_name_or_path)
+        if os.path.isfile(os.path.join(folder, "model_index.json")):
+            for name in ("tokenizer", "ar"):
+                if name not in kwargs and not os.path.isdir(os.path.join(folder, name)):
+                    raise FileNotFoundError(
+                        f"pipeline folder {folder} has no {name}/ subfolder (its model_index.json lists the {name!r} "
+                        f"component); restore it or pass {name}=... to from_pretrained"
+                    )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def from_parts(
