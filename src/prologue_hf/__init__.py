@@ -91,7 +91,7 @@ _MOVED = {
         "prologue_hf.training",
     ),
     "PrologueARDataCollator": "prologue_hf.training.trainer_ar",
-    "tokenizer_identity": "prologue_hf.training.pretokenize",
+    "tokenizer_identity": "prologue_hf.identity",
     "train_post": "prologue_hf.training.trainer_post",
     **dict.fromkeys(["convert_official_tokenizer", "convert_official_ar", "ar_to_official"], "prologue_hf.conversion"),
     **dict.fromkeys(
