@@ -27,7 +27,7 @@ import torch
 
 from prologue_hf import PrologueTokenizerConfig, PrologueTokenizerModel
 from prologue_hf.testing import tiny_tokenizer
-from prologue_hf.training.data import load_image_dataset
+from prologue_hf.training.image_data import load_image_dataset
 from prologue_hf.training.pretokenize import PretokenizeConfig, pretokenize_dataset
 
 

@@ -7,7 +7,7 @@ Flags after --config override the YAML. See docs/training.md for every option.
 """
 
 from prologue_hf.training.cli import parse_config_and_args
-from prologue_hf.training.data import ImageDataArguments
+from prologue_hf.training.image_data import ImageDataArguments
 from prologue_hf.training.losses import PrologueStage1LossConfig
 from prologue_hf.training.trainer_tokenizer import (
     PrologueStage1ModelArguments,

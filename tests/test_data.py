@@ -1,4 +1,4 @@
-"""Tests of prologue_hf.training.data: dataset loading, RGB conversion, crops and the corrupt-image-safe collator."""
+"""Tests of prologue_hf.training.image_data: dataset loading, RGB conversion, crops and the corrupt-image-safe collator."""
 
 import io
 import logging
@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
-from prologue_hf.training.data import (
+from prologue_hf.training.image_data import (
     ImageTrainingCollator,
     ImageTransform,
     load_image_dataset,
@@ -210,7 +210,7 @@ def test_seeded_collator_augmentation_depends_only_on_seed_epoch_index():
 
 
 def test_load_training_images_adds_index(tmp_path):
-    from prologue_hf.training.data import ImageDataArguments, load_training_images
+    from prologue_hf.training.image_data import ImageDataArguments, load_training_images
 
     root = _write_imagefolder(tmp_path / "images", per_class=2)
     ds = load_training_images(ImageDataArguments(train_data=str(root), cache_dir=str(tmp_path / "cache"), max_train_samples=3))

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from prologue_hf.models.discriminator import PrologueDiscriminator, PrologueDiscriminatorConfig
+from prologue_hf.models.quantizers import straight_through_onehot
 from prologue_hf.testing import tiny_ar, tiny_tokenizer
 from prologue_hf.training.losses import (
     LPIPSVGGLoss,
     PerceptualWeightsUnavailableError,
     PrologueStage1LossConfig,
-    PrologueStage1Model,
     adaptive_gan_weight,
     build_perceptual_loss,
     discriminator_loss,
@@ -20,8 +20,8 @@ from prologue_hf.training.losses import (
     lecam_regularizer,
     prepare_class_labels,
     routed_ar_loss,
-    visual_prob_ste,
 )
+from prologue_hf.training.stage1_model import PrologueStage1Model
 
 
 @pytest.fixture(autouse=True)
@@ -266,9 +266,9 @@ def test_adaptive_gan_weight():
     assert adaptive_gan_weight(rec, gan, w).item() == pytest.approx(3 * math.sqrt(2) / (1 + 1e-4), rel=1e-6)
 
 
-def test_visual_prob_ste():
+def test_visual_straight_through_onehot():
     logits = torch.tensor([[[0.9, 0.1, -0.2]]], requires_grad=True)
-    soft = visual_prob_ste(logits, temperature=1.0)
+    soft = straight_through_onehot(logits, temperature=1.0)
     assert torch.equal(soft.detach(), torch.tensor([[[1.0, 0.0, 0.0]]]))
     (soft * torch.tensor([0.0, 1.0, 0.0])).sum().backward()
     p = torch.softmax(logits.detach(), -1)[0, 0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prologue_hf.testing import tiny_ar_config, tiny_tokenizer, tiny_tokenizer_config
-from prologue_hf.training.data import load_image_dataset
+from prologue_hf.training.image_data import load_image_dataset
 from prologue_hf.training.pretokenize import (
     PRETOKENIZED_INFO_FILE,
     SHARDS_DIR,
@@ -215,7 +215,7 @@ def test_info_checks_refuse_mismatched_ar_configs(tokenizer):
     good = tiny_ar_config(num_classes=3)
     info.check_ar_config(good)
     wrong_vocab = tiny_ar_config(tiny_tokenizer_config(visual_codebook_size=128), num_classes=3)
-    with pytest.raises(ValueError, match="visual_vocab_size: AR config 128 vs dataset tokenizer 64"):
+    with pytest.raises(ValueError, match=r"dataset.s tokenizer sha256:.*visual_vocab_size: AR 128 vs tokenizer 64"):
         info.check_ar_config(wrong_vocab)
     with pytest.raises(ValueError, match="num_prologue_tokens"):
         info.check_ar_config(tiny_ar_config(tiny_tokenizer_config(num_prologue_tokens=8), num_classes=3))

@@ -279,7 +279,7 @@ def test_refused_runs(ids_dataset, tmp_path):
     # through the recipe: an AR config file with another vocabulary
     wrong_vocab.config.save_pretrained(tmp_path / "wrong")
     script = PrologueARScriptArguments(dataset_name_or_path="x", ar_config_name_or_path=str(tmp_path / "wrong"))
-    with pytest.raises(ValueError, match="visual_vocab_size: AR config 128 vs dataset tokenizer 64"):
+    with pytest.raises(ValueError, match=r"dataset.s tokenizer sha256:.*visual_vocab_size: AR 128 vs tokenizer 64"):
         build_ar_config(PretokenizedInfo.from_dataset(ids_dataset), script)
 
 
@@ -294,7 +294,7 @@ def write_image_folder(root, per_class=4):
 
 
 def test_pretokenize_train_reload_round_trip(tmp_path):
-    from prologue_hf.training.data import load_image_dataset
+    from prologue_hf.training.image_data import load_image_dataset
 
     tokenizer = tiny_tokenizer(seed=0)
     tokenizer.save_pretrained(tmp_path / "tokenizer")

@@ -16,7 +16,7 @@ from transformers import set_seed
 from prologue_hf import PrologueARForCausalLM, PrologueTokenizerModel
 from prologue_hf.models.discriminator import PrologueDiscriminator
 from prologue_hf.testing import TINY_AR_KWARGS, TINY_TOKENIZER_KWARGS
-from prologue_hf.training.data import (
+from prologue_hf.training.image_data import (
     ImageDataArguments,
     ImageTrainingCollator,
     ImageTransform,
@@ -219,21 +219,24 @@ def test_bad_arguments(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ NaN
-class _NaNAtBatch(ImageTrainingCollator):
+class _NaNAtCall:
+    """Forward hook: the ``bad_call``-th output of the module gets one NaN (the inputs are valid images, which the
+    tokenizer checks, so the NaN has to arise inside the model, as a real divergence would)."""
+
     def __init__(self, bad_call):
-        super().__init__(ImageTransform(32), seed=0)
         self.calls, self.bad_call = 0, bad_call
 
-    def __call__(self, examples):
-        batch = super().__call__(examples)
+    def __call__(self, module, inputs, output):
         self.calls += 1
         if self.calls == self.bad_call:
-            batch["pixel_values"][0, 0, 0, 0] = float("nan")
-        return batch
+            output = output.clone()
+            output.view(-1)[0] = float("nan")
+            return output
 
 
 def test_non_finite_loss_stops_after_saving_the_last_good_state(tmp_path, image_dir):
-    trainer = _trainer(tmp_path, image_dir, "nan", max_steps=10, save_steps=1000, collator=_NaNAtBatch(bad_call=4))
+    trainer = _trainer(tmp_path, image_dir, "nan", max_steps=10, save_steps=1000)
+    trainer.model.tokenizer.decoder.output_layer.register_forward_hook(_NaNAtCall(bad_call=4))
     with pytest.raises(FloatingPointError, match="non-finite stage-1 loss at step 3") as error:
         trainer.train()
     checkpoint = Path(trainer.args.output_dir) / "checkpoint-3"
@@ -303,7 +306,7 @@ def test_example_script_streaming(tmp_path, image_dir, load_example):
 
 def test_configs_parse_with_paper_values():
     from prologue_hf.training.cli import parse_config_and_args
-    from prologue_hf.training.data import ImageDataArguments as DataArgs
+    from prologue_hf.training.image_data import ImageDataArguments as DataArgs
 
     types = (PrologueStage1ModelArguments, DataArgs, PrologueStage1LossConfig, PrologueTokenizerTrainingArguments)
     for name, floor, epochs, perceptual, preset in (("B", 3e-5, 150, "lpips-vgg", "B"), ("L", 1e-5, 200, "convnext-s", "L")):

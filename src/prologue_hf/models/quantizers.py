@@ -8,6 +8,9 @@ lookup, so ``encode -> decode`` and the training forward agree).
 * :class:`ProbSTEQuantizer` (prologue tokens): Prob-STE (paper section 2.2). The forward pass is the hard argmax
   one-hot, the backward pass goes through ``softmax(cos / tau)``; it returns the soft one-hot ``p~`` so an AR model
   can embed ``p~ @ W_emb`` and send its cross-entropy gradient back to the encoder.
+
+:func:`straight_through_onehot` is that one-hot on its own; the stage-1 "AR regularisation on visual tokens"
+baseline applies it to the visual quantizer's cosine logits too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,23 @@ class QuantizerOutput:
     logits: torch.Tensor
     soft_onehot: torch.Tensor | None
     loss: torch.Tensor
+
+
+def straight_through_onehot(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Straight-through soft-max one-hot ``p + sg(onehot(argmax logits) - p)`` with ``p = softmax(logits / tau)``.
+
+    ``logits`` ``[..., codebook_size]`` -> ``[..., codebook_size]`` float32: the forward value is the hard one-hot of
+    the argmax (so ``tau`` never changes the ids), the gradient is the soft-max's. The one Prob-STE of the library
+    (paper section 2.2): :class:`ProbSTEQuantizer` and the stage-1 visual AR-regularisation baseline both use it.
+
+    >>> straight_through_onehot(torch.tensor([[0.9, 0.1, -0.2]])).tolist()
+    [[1.0, 0.0, 0.0]]
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    hard = F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).to(probs.dtype)
+    return probs + (hard - probs).detach()
 
 
 class _CosineCodebook(nn.Module):
@@ -101,9 +121,7 @@ class ProbSTEQuantizer(_CosineCodebook):
 
     def forward(self, hidden_states: torch.Tensor) -> QuantizerOutput:
         z, codebook, logits = self.match(hidden_states)
-        probs = torch.softmax(logits / self.temperature, dim=-1)
         ids = logits.argmax(dim=-1)
-        hard = F.one_hot(ids, self.codebook_size).to(probs.dtype)
-        soft_onehot = probs + (hard - probs).detach()
+        soft_onehot = straight_through_onehot(logits, self.temperature)
         quantized = soft_onehot @ codebook
         return QuantizerOutput(ids, quantized, z, logits, soft_onehot, logits.new_zeros(()))

@@ -1,7 +1,12 @@
-"""Training utilities: data loading, the routed stage-1 loss, Trainer subclasses."""
+"""Training: image data, the losses, the stage-1 models, the recipe skeleton, and the stage-1 trainer.
+
+Stage 2 (``trainer_ar``, ``ar_recipe``, ``pretokenize``) and Prologue-Post (``trainer_post``) load on import of their
+own modules (they pull in more of ``datasets`` / the frozen-tokenizer adapters).
+"""
 
 from .cli import parse_config_and_args, yaml_to_argv
-from .data import (
+from .ema import ModelEMA
+from .image_data import (
     ImageDataArguments,
     ImageTrainingCollator,
     ImageTransform,
@@ -10,17 +15,23 @@ from .data import (
     prepare_image_dataset,
     to_rgb,
 )
-from .ema import ModelEMA
 from .losses import (
     PerceptualWeightsUnavailableError,
+    PrologueARLossOutput,
     PrologueStage1LossConfig,
-    PrologueStage1Model,
-    PrologueStage1Output,
     RoutedARLossOutput,
     build_perceptual_loss,
+    prologue_ar_loss,
     routed_ar_loss,
-    visual_prob_ste,
 )
+from .recipe import (
+    RecipeTrainerMixin,
+    build_compact_ar,
+    json_overrides,
+    resolve_resume_checkpoint,
+    write_model_card,
+)
+from .stage1_model import PrologueStage1Model, PrologueStage1Output
 from .trainer_tokenizer import (
     PrologueStage1ModelArguments,
     PrologueTokenizerTrainer,
@@ -37,24 +48,30 @@ __all__ = [
     "ImageTransform",
     "ModelEMA",
     "PerceptualWeightsUnavailableError",
+    "PrologueARLossOutput",
     "PrologueStage1LossConfig",
     "PrologueStage1Model",
     "PrologueStage1ModelArguments",
     "PrologueStage1Output",
     "PrologueTokenizerTrainer",
     "PrologueTokenizerTrainingArguments",
+    "RecipeTrainerMixin",
     "RoutedARLossOutput",
+    "build_compact_ar",
     "build_perceptual_loss",
     "build_stage1_model",
+    "json_overrides",
     "load_image_dataset",
     "load_stage1_components",
     "load_training_images",
     "parse_config_and_args",
     "prepare_image_dataset",
+    "prologue_ar_loss",
+    "resolve_resume_checkpoint",
     "routed_ar_loss",
     "save_stage1_components",
     "to_rgb",
     "train_tokenizer",
-    "visual_prob_ste",
+    "write_model_card",
     "yaml_to_argv",
 ]

@@ -19,6 +19,7 @@ from transformers.utils import logging
 from ..models import AR_PRESETS, PrologueARConfig, PrologueARForCausalLM
 from .cli import parse_config_and_args
 from .pretokenize import PretokenizedInfo, load_pretokenized_dataset
+from .recipe import EMA_DIR
 from .trainer_ar import PrologueARSampleGridCallback, PrologueARTrainer, PrologueARTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -75,14 +76,13 @@ def build_ar_config(info: PretokenizedInfo, args: PrologueARScriptArguments) -> 
         embedding_dropout=args.embedding_dropout,
         use_qk_norm=args.use_qk_norm,
     )
-    vocabulary = info.ar_config_kwargs(args.num_classes)
     if args.ar_config_name_or_path:
         config = PrologueARConfig.from_pretrained(args.ar_config_name_or_path, **overrides, **common)
     elif args.model_name_or_path:
         config = PrologueARConfig.from_pretrained(args.model_name_or_path, **common)
-    else:
+    else:  # sizes: preset < overrides; the vocabulary from the dataset (ar_vocabulary_fields' precedence rule)
         preset = AR_PRESETS[args.ar_preset] if args.ar_preset else {}
-        config = PrologueARConfig(**{**preset, **overrides, **common, **vocabulary})
+        config = PrologueARConfig(**info.ar_config_kwargs(args.num_classes, **{**preset, **overrides, **common}))
     if config.tokenizer_identity is None:
         config.tokenizer_identity = info.tokenizer_identity
     info.check_ar_config(config)
@@ -96,7 +96,8 @@ def parse_ar_args(argv: list[str] | None = None) -> tuple[PrologueARScriptArgume
 
 
 def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTrainingArguments) -> PrologueARTrainer:
-    """Run stage 2 end to end: load the ids, build / load the AR, train (resuming if asked), ``save_pretrained``
+    """Run stage 2 end to end: load the ids, build / load the AR, train (resuming from
+    ``training_args.resume_from_checkpoint``: a folder or ``"last"`` / ``"latest"`` / ``"true"``), ``save_pretrained``
     (and the EMA weights to ``<output_dir>/ema``), optionally push to the Hub. Returns the trainer."""
     with training_args.main_process_first(desc="loading the pretokenized dataset"):
         train_dataset = load_pretokenized_dataset(script_args.dataset_name_or_path, script_args.dataset_split)
@@ -148,15 +149,10 @@ def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTr
         image_tokenizer=tokenizer,
         callbacks=callbacks,
     )
-    resume = training_args.resume_from_checkpoint
-    if resume in ("latest", "true", "True"):
-        resume = True
-    elif resume and not os.path.isdir(resume):
-        raise ValueError(f"resume_from_checkpoint must be a checkpoint folder or 'latest', got {resume!r}")
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # a folder or last / latest / true
     trainer.save_model(training_args.output_dir)
     if trainer.ema is not None:
-        trainer.save_ema_model(os.path.join(training_args.output_dir, "ema"))
+        trainer.save_ema_model(os.path.join(training_args.output_dir, EMA_DIR))
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="Prologue stage-2 AR")
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -302,8 +302,8 @@ class ImageTrainingCollator:
 
     Randomness: with ``seed`` set and an ``index`` in each example (:func:`prepare_image_dataset` with
     ``add_index=True``), each sample's augmentation draws from a generator seeded by ``(seed, epoch, index)``
-    (:meth:`set_epoch`; the stage-1 trainer calls it at every epoch start), so it does not depend on worker count,
-    process or resume point. Otherwise ``transform`` uses torch's global generator.
+    (:meth:`set_epoch`; the stage-1 and Prologue-Post trainers call it at every epoch start), so it does not depend
+    on worker count, process or resume point. Otherwise ``transform`` uses torch's global generator.
 
     Args:
         transform: PIL image -> ``[3, H, W]`` tensor, e.g. :class:`ImageTransform` (called as

@@ -40,9 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput, logging
 
-from ..models.discriminator import PrologueDiscriminator
 from ..models.modeling_prologue_ar import PrologueARForCausalLM
-from ..models.modeling_prologue_tokenizer import PrologueTokenizerEncoderOutput, PrologueTokenizerModel
+from ..models.modeling_prologue_tokenizer import PrologueTokenizerEncoderOutput
+from ..models.quantizers import straight_through_onehot
+from ..vocabulary import SEGMENTS, PrologueVocabulary
 
 logger = logging.get_logger(__name__)
 
@@ -258,19 +259,83 @@ def adaptive_gan_weight(reconstruction_loss: torch.Tensor, gan_loss: torch.Tenso
     return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
-# ============================================================================================ routed AR loss
-def visual_prob_ste(visual_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Straight-through soft one-hot over the visual codebook: ``p + sg(onehot(argmax) - p)``, ``p = softmax(cos / tau)``.
+# ============================================================================================ the AR cross-entropy
+@dataclass
+class PrologueARLossOutput(ModelOutput):
+    """Output of :func:`prologue_ar_loss`.
 
-    ``visual_logits`` ``[B, N, V]`` cosine similarities -> ``[B, N, V]`` (forward: the hard one-hot of the ids the
-    L2 VQ picked; backward: the softmax). The L2 VQ itself has no differentiable assignment; this is the one the
-    "AR regularisation on visual tokens" baseline uses to send CE into the visual codebook and encoder.
+    Attributes:
+        loss: scalar, ``sum_t w[seg(t)] * CE_t / (B * (K + 1 + N))`` (all weights 1: the mean CE).
+        token_loss: ``[B, K + 1 + N]`` CE of each predicted token (float32).
+        correct: ``[B, K + 1 + N]`` bool, top-1 prediction equals the target.
+        segment_stats: ``[3, 3]`` float: rows prologue / EOS / visual, columns (CE sum, correct count, token count).
     """
-    probs = torch.softmax(visual_logits.float() / temperature, dim=-1)
-    hard = F.one_hot(visual_logits.argmax(dim=-1), visual_logits.shape[-1]).to(probs.dtype)
-    return probs + (hard - probs).detach()
+
+    loss: torch.Tensor | None = None
+    token_loss: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    segment_stats: torch.Tensor | None = None
 
 
+def prologue_ar_loss(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    vocabulary: PrologueVocabulary,
+    segment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    soft_prologue_targets: torch.Tensor | None = None,
+) -> PrologueARLossOutput:
+    """Next-token CE of a full AR sequence, with per-segment statistics: the one AR cross-entropy of the library
+    (stage 1's compact AR through :func:`routed_ar_loss`, Prologue-Post, stage 2's trainer).
+
+    Logits at position ``t`` predict ``input_ids[:, t + 1]``; the segment (prologue / EOS / visual) of each predicted
+    position comes from the vocabulary.
+
+    Args:
+        logits: ``[B, 1 + K + 1 + N, vocab]`` (the last position predicts nothing and is ignored).
+        input_ids: ``[B, 1 + K + 1 + N]`` from :meth:`PrologueVocabulary.build_sequence`.
+        vocabulary: the id layout (:attr:`PrologueVocabulary.segment_positions`, :meth:`PrologueVocabulary.segment_ids`).
+        segment_weights: multipliers of the prologue, EOS and visual CE terms.
+        soft_prologue_targets: ``[B, K, P]`` Prob-STE soft one-hots to use as the prologue targets instead of the ids
+            (same forward value when they are the straight-through one-hots of those ids; the gradient of
+            ``log p(z_p)`` then also flows through the targets).
+
+    No logit mask is applied: the official training CE runs over the full vocabulary (the mask is a sampling-time
+    constraint), so the model also learns to put no mass on ids of the wrong segment.
+    """
+    length = vocabulary.sequence_length
+    if input_ids.ndim != 2 or input_ids.shape[1] != length:
+        raise ValueError(f"input_ids must have shape [B, {length}], got {list(input_ids.shape)}")
+    if logits.shape[:2] != input_ids.shape:
+        raise ValueError(f"logits must have shape [B, {length}, vocab], got {list(logits.shape)}")
+    targets = input_ids[:, 1:]  # [B, T]
+    scores = logits[:, :-1].float()  # [B, T, vocab]
+    token_loss = F.cross_entropy(scores.transpose(1, 2), targets, reduction="none")  # [B, T]
+    if soft_prologue_targets is not None:
+        positions = vocabulary.segment_positions.get("prologue")
+        if positions is None:
+            raise ValueError("soft_prologue_targets given, but this vocabulary has num_prologue_tokens=0")
+        log_probs = scores[:, positions].log_softmax(-1)[..., vocabulary.prologue_id_slice]  # [B, K, P]
+        if soft_prologue_targets.shape != log_probs.shape:
+            raise ValueError(
+                f"soft_prologue_targets must have shape {list(log_probs.shape)} ([B, K, P]), "
+                f"got {list(soft_prologue_targets.shape)}"
+            )
+        soft_ce = -(soft_prologue_targets.float() * log_probs).sum(-1)  # [B, K]
+        token_loss = torch.cat([token_loss[:, : positions.start], soft_ce, token_loss[:, positions.stop :]], dim=1)
+    correct = scores.argmax(-1) == targets
+    segments = vocabulary.segment_ids(logits.device)  # [T]
+    weights = torch.as_tensor(segment_weights, dtype=token_loss.dtype, device=logits.device)[segments]  # [T]
+    loss = (token_loss * weights).sum() / token_loss.numel()
+    with torch.no_grad():
+        one_hot = F.one_hot(segments, len(SEGMENTS)).to(token_loss.dtype)  # [T, 3]
+        stats = torch.stack(
+            [token_loss.sum(0) @ one_hot, correct.sum(0).to(token_loss.dtype) @ one_hot, one_hot.sum(0) * targets.shape[0]],
+            dim=1,
+        )  # [3, 3]
+    return PrologueARLossOutput(loss=loss, token_loss=token_loss, correct=correct, segment_stats=stats)
+
+
+# ============================================================================================ routed AR loss
 def prepare_class_labels(labels: torch.Tensor | None, batch_size: int, num_classes: int, drop_prob: float, device) -> torch.Tensor:
     """Labels for the compact AR's class token: ``[B]`` in ``[0, C]`` where ``C`` is the null class.
 
@@ -319,7 +384,8 @@ def routed_ar_loss(
     visual_soft_temperature: float = 1.0,
     drop_visual: torch.Tensor | None = None,
 ) -> RoutedARLossOutput:
-    """Compact-AR cross-entropy with the gradient routed by ``target`` (see the module docstring).
+    """Compact-AR cross-entropy with the gradient routed by ``target`` (see the module docstring): this builds what
+    the AR reads; the cross-entropy itself is :func:`prologue_ar_loss`.
 
     Args:
         compact_ar: the jointly trained AR; its vocabulary must match the tokenizer.
@@ -328,7 +394,7 @@ def routed_ar_loss(
         target: ``"prologue"`` or ``"visual"``.
         visual_dropout: per-sample probability of replacing all visual inputs by EOS (``"prologue"`` only).
         prologue_target_gradient: soft prologue targets (gradient of ``log p(z_p)`` through the targets).
-        visual_soft_temperature: ``tau_v`` of :func:`visual_prob_ste` (``"visual"`` only).
+        visual_soft_temperature: ``tau_v`` of the visual straight-through one-hot (``"visual"`` only).
         drop_visual: ``[B]`` bool mask to use instead of sampling one (tests, analysis).
     """
     vocab = compact_ar.vocabulary
@@ -348,36 +414,25 @@ def routed_ar_loss(
             raise ValueError("target='visual' is the K=0 AR-regularisation baseline; this vocabulary has prologue tokens")
         if drop_visual is not None:
             raise ValueError("drop_visual needs an EOS token, i.e. target='prologue'")
-        soft = visual_prob_ste(encoded.visual_logits, visual_soft_temperature)
+        soft = straight_through_onehot(encoded.visual_logits, visual_soft_temperature)
         inputs_embeds = compact_ar.embed_sequence(class_labels, visual_soft_onehot=soft)
         targets = vocab.build_sequence(class_labels, visual_ids)
     else:
         raise ValueError(f"target must be 'prologue' or 'visual', got {target!r}")
 
     logits = compact_ar(inputs_embeds=inputs_embeds).logits  # [B, 1 + T, vocab]
-    predictions = logits[:, :-1].float()  # position t predicts token t + 1
-    token_losses = F.cross_entropy(predictions.flatten(0, 1), targets[:, 1:].flatten(), reduction="none").view(batch, -1)
-    k = vocab.num_prologue_tokens
-    if prologue_target_gradient and target == "prologue":
-        log_probs = predictions[:, :k].log_softmax(-1)[..., vocab.prologue_offset : vocab.prologue_offset + vocab.prologue_vocab_size]
-        soft_ce = -(encoded.prologue_soft_onehot.float() * log_probs).sum(-1)  # [B, K], same value as the hard CE
-        token_losses = torch.cat([soft_ce, token_losses[:, k:]], dim=1)
-    loss = token_losses.mean()
-
-    with torch.no_grad():
-        segments = vocab.segment_ids(device=token_losses.device)  # 0 prologue, 1 EOS, 2 visual
-        correct = (predictions.argmax(-1) == targets[:, 1:]).float()
-        metrics = {}
-        for segment, name in ((0, "prologue"), (1, "eos"), (2, "visual")):
-            mask = segments == segment
-            if bool(mask.any()):
-                metrics[f"ar_ce_{name}"] = token_losses[:, mask].mean().detach()
-                metrics[f"ar_acc_{name}"] = correct[:, mask].mean()
-        if drop_visual is not None:
-            metrics["ar_visual_dropped_fraction"] = drop_visual.float().mean()
+    soft_targets = encoded.prologue_soft_onehot if prologue_target_gradient and target == "prologue" else None
+    ce = prologue_ar_loss(logits, targets, vocab, soft_prologue_targets=soft_targets)
+    metrics = {}
+    for (ce_sum, correct, count), name in zip(ce.segment_stats, SEGMENTS):
+        if count > 0:
+            metrics[f"ar_ce_{name}"] = ce_sum / count
+            metrics[f"ar_acc_{name}"] = correct / count
+    if drop_visual is not None:
+        metrics["ar_visual_dropped_fraction"] = drop_visual.float().mean()
     return RoutedARLossOutput(
-        loss=loss,
-        token_losses=token_losses,
+        loss=ce.loss,
+        token_losses=ce.token_loss,
         logits=logits,
         targets=targets,
         inputs_embeds=inputs_embeds,
@@ -386,201 +441,12 @@ def routed_ar_loss(
     )
 
 
-# ============================================================================================ the stage-1 module
-@dataclass
-class PrologueStage1Output(ModelOutput):
-    """Output of :class:`PrologueStage1Model`.
-
-    Attributes:
-        loss: scalar ``generator_loss + discriminator_loss`` (the one tensor to back-propagate).
-        generator_loss: scalar tokenizer + compact-AR objective (Eq. 2 plus the reconstruction/GAN/VQ terms).
-        discriminator_loss: scalar discriminator objective (0 without GAN or before ``gan_start_step``).
-        reconstruction: ``[B, C, H, W]`` decoded images.
-        visual_ids: ``[B, N]``; prologue_ids: ``[B, K]`` or None.
-        metrics: detached scalar tensors, one per loss term and AR statistic.
-    """
-
-    loss: torch.Tensor | None = None
-    generator_loss: torch.Tensor | None = None
-    discriminator_loss: torch.Tensor | None = None
-    reconstruction: torch.Tensor | None = None
-    visual_ids: torch.Tensor | None = None
-    prologue_ids: torch.Tensor | None = None
-    metrics: dict | None = None
-
-
-class PrologueStage1Model(nn.Module):
-    """Everything stage 1 trains, behind one ``forward`` that returns the routed loss.
-
-    Submodules: ``tokenizer`` (:class:`PrologueTokenizerModel`), ``compact_ar`` (:class:`PrologueARForCausalLM` or
-    None), ``discriminator`` (:class:`PrologueDiscriminator` or None), ``perceptual`` (frozen, or None).
-
-    Args:
-        tokenizer: the tokenizer to train (``"prologue"``, ``"2d"`` or ``"1d"``).
-        compact_ar: the jointly trained AR (required unless the AR target is ``"none"``).
-        discriminator: required iff ``loss_config.gan_weight > 0``.
-        loss_config: :class:`PrologueStage1LossConfig` (paper defaults).
-        perceptual_loss: a module ``(reconstruction, target) -> [B]`` replacing the configured one (pluggable
-            backbone); by default built from ``loss_config.perceptual_loss``.
-
-    >>> from prologue_hf.testing import tiny_tokenizer, tiny_ar
-    >>> tok = tiny_tokenizer().train()
-    >>> model = PrologueStage1Model(tok, tiny_ar(tok.config).train(), None,
-    ...     PrologueStage1LossConfig(gan_weight=0.0, perceptual_loss="none"))
-    >>> out = model(torch.rand(2, 3, 32, 32) * 2 - 1)
-    >>> sorted(k for k in out.metrics if k.startswith("ar_ce"))
-    ['ar_ce', 'ar_ce_eos', 'ar_ce_prologue', 'ar_ce_visual']
-    """
-
-    def __init__(
-        self,
-        tokenizer: PrologueTokenizerModel,
-        compact_ar: PrologueARForCausalLM | None = None,
-        discriminator: PrologueDiscriminator | None = None,
-        loss_config: PrologueStage1LossConfig | None = None,
-        perceptual_loss: nn.Module | None = None,
-    ):
-        super().__init__()
-        config = loss_config or PrologueStage1LossConfig()
-        has_prologue = tokenizer.config.num_prologue_tokens > 0
-        target = config.ar_target
-        if target == "auto":
-            target = "prologue" if has_prologue else "none"
-        if has_prologue and target != "prologue":
-            raise ValueError(f"a tokenizer with prologue tokens needs ar_target='prologue' (their only signal), got {target!r}")
-        if target == "prologue" and not has_prologue:
-            raise ValueError("ar_target='prologue' needs num_prologue_tokens > 0")
-        if target == "none" and compact_ar is not None:
-            raise ValueError("compact_ar was given but ar_target is 'none'; pass compact_ar=None for the no-AR baselines")
-        if target != "none":
-            if compact_ar is None:
-                raise ValueError(f"ar_target={target!r} needs a compact_ar")
-            from .. import check_compatible  # lazy: the package __init__ may import this module
-
-            check_compatible(tokenizer.config, compact_ar.config)
-        if (config.gan_weight > 0) != (discriminator is not None):
-            raise ValueError(
-                f"discriminator must be given iff gan_weight > 0 (gan_weight={config.gan_weight}, "
-                f"discriminator={'given' if discriminator is not None else 'None'})"
-            )
-        self.loss_config = config
-        self.ar_target = target
-        self.tokenizer = tokenizer
-        self.compact_ar = compact_ar
-        self.discriminator = discriminator
-        if perceptual_loss is None and config.perceptual_weight > 0:
-            perceptual_loss = build_perceptual_loss(config.perceptual_loss, config.perceptual_weights_path)
-        if perceptual_loss is not None:
-            perceptual_loss.requires_grad_(False).eval()
-        self.perceptual = perceptual_loss
-
-    # -------------------------------------------------------------------------------------------- pieces
-    def _frozen_discriminator_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """``D(images)`` with detached discriminator weights: the gradient reaches ``images`` only."""
-        params = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        return torch.func.functional_call(self.discriminator, params, (images,)).logits
-
-    def _discriminator_terms(self, real: torch.Tensor, fake: torch.Tensor, global_step: int) -> tuple[torch.Tensor, dict]:
-        cfg, disc = self.loss_config, self.discriminator
-        use_r1 = cfg.r1_weight > 0 and (global_step + 1) % cfg.r1_interval == 0 and torch.is_grad_enabled()
-        real = real.detach().requires_grad_(use_r1)
-        real_logits = disc(real).logits
-        fake_logits = disc(fake.detach()).logits
-        loss = discriminator_loss(real_logits, fake_logits, cfg.gan_loss)
-        metrics = {
-            "discriminator": loss.detach(),
-            "d_real_logit": real_logits.detach().float().mean(),
-            "d_fake_logit": fake_logits.detach().float().mean(),
-        }
-        if cfg.lecam_weight > 0:
-            if torch.is_grad_enabled():
-                disc.update_lecam_ema(real_logits, fake_logits)  # official order: update, then regularise
-            lecam = lecam_regularizer(real_logits, fake_logits, disc.lecam_real_ema, disc.lecam_fake_ema)
-            loss = loss + cfg.lecam_weight * lecam
-            metrics["lecam"] = lecam.detach()
-        if use_r1:
-            (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
-            r1 = grad.pow(2).flatten(1).sum(1).mean()
-            loss = loss + 0.5 * cfg.r1_weight * r1
-            metrics["r1"] = r1.detach()
-        return loss, metrics
-
-    # -------------------------------------------------------------------------------------------- forward
-    def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, global_step: int = 0
-    ) -> PrologueStage1Output:
-        """Compute the routed stage-1 loss for ``pixel_values`` ``[B, C, H, W]`` in ``[-1, 1]``.
-
-        Args:
-            pixel_values: training images.
-            labels: ``[B]`` class labels (``-1`` = unlabelled); only the compact AR's class token reads them.
-            global_step: optimizer steps done so far (GAN start, R1 schedule).
-        """
-        cfg = self.loss_config
-        out = self.tokenizer(pixel_values)
-        target = pixel_values.float()
-        reconstruction = out.reconstruction.float()
-        zero = reconstruction.new_zeros(())
-
-        l1 = (reconstruction - target).abs().mean()
-        perceptual = self.perceptual(reconstruction, target).float().mean() if self.perceptual is not None else zero
-        rec_loss = cfg.l1_weight * l1 + cfg.perceptual_weight * perceptual
-        vq_loss = out.quantizer_loss.float()
-        generator = rec_loss + cfg.commitment_weight * vq_loss
-        metrics = {"l1": l1.detach(), "perceptual": perceptual.detach(), "commitment": vq_loss.detach()}
-
-        disc_loss = zero
-        if self.discriminator is not None:
-            if global_step >= cfg.gan_start_step:
-                gan_g = generator_adversarial_loss(self._frozen_discriminator_logits(reconstruction), cfg.gan_loss)
-                weight = reconstruction.new_tensor(cfg.gan_weight)
-                if cfg.adaptive_gan_weight and torch.is_grad_enabled():
-                    weight = weight * adaptive_gan_weight(rec_loss, gan_g, self.tokenizer.decoder.output_layer.weight)
-                generator = generator + weight * gan_g
-                d_loss, d_metrics = self._discriminator_terms(pixel_values, reconstruction, global_step)
-                disc_loss = cfg.discriminator_weight * d_loss
-                metrics.update(gan_generator=gan_g.detach(), gan_weight=weight.detach(), **d_metrics)
-            else:
-                # The discriminator stays in the graph with an exactly-zero gradient, so multi-process DDP sees all
-                # parameters used before the GAN starts (the trainer does not step it then).
-                disc_loss = sum(p.sum() for p in self.discriminator.parameters()) * 0.0
-
-        if self.ar_target != "none":
-            class_labels = prepare_class_labels(
-                labels, pixel_values.shape[0], self.compact_ar.vocabulary.num_classes, cfg.ar_label_drop_prob, pixel_values.device
-            )
-            ar = routed_ar_loss(
-                self.compact_ar,
-                out,
-                class_labels,
-                target=self.ar_target,
-                visual_dropout=cfg.visual_dropout,
-                prologue_target_gradient=cfg.prologue_target_gradient,
-                visual_soft_temperature=cfg.visual_soft_temperature,
-            )
-            generator = generator + cfg.ar_weight * ar.loss
-            metrics["ar_ce"] = ar.loss.detach()
-            metrics.update(ar.metrics)
-
-        metrics["generator_loss"] = generator.detach()
-        return PrologueStage1Output(
-            loss=generator + disc_loss,
-            generator_loss=generator,
-            discriminator_loss=disc_loss,
-            reconstruction=out.reconstruction,
-            visual_ids=out.visual_ids,
-            prologue_ids=out.prologue_ids,
-            metrics=metrics,
-        )
-
-
 __all__ = [
     "PrologueStage1LossConfig",
-    "PrologueStage1Model",
-    "PrologueStage1Output",
+    "PrologueARLossOutput",
     "RoutedARLossOutput",
+    "prologue_ar_loss",
     "routed_ar_loss",
-    "visual_prob_ste",
     "prepare_class_labels",
     "discriminator_loss",
     "generator_adversarial_loss",

@@ -8,7 +8,8 @@ with the L tokenizer), gradient clipping 1.0, dropout 0.1 and embedding dropout 
 the null class with probability 0.1 for classifier-free guidance.
 
 The loss is the plain mean CE over all ``K + 1 + N`` predicted positions, as the official ``train_ar.py``
-(``CE(logits, idx)`` over every position); optional per-segment weights multiply the prologue, EOS and visual terms.
+(``CE(logits, idx)`` over every position): :func:`~prologue_hf.training.losses.prologue_ar_loss`, the same
+cross-entropy as stage 1's compact AR; optional per-segment weights multiply the prologue, EOS and visual terms.
 Per-segment top-1 accuracy (the paper's Fig. 4, right) and loss are logged next to the Trainer's ``loss``.
 
 Weight decay: norms, biases and embeddings get none (``decay_embeddings=False``, the default). The official
@@ -26,22 +27,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
-from transformers.utils import ModelOutput, logging
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
 
 from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
-from ..vocabulary import PrologueVocabulary
+from ..vocabulary import SEGMENTS, PrologueVocabulary
 from .ema import ModelEMA
 from .launch import accelerate_requested, check_distributed_launch
+from .losses import PrologueARLossOutput, prologue_ar_loss
 from .pretokenize import PretokenizedInfo
+from .recipe import EMA_DIR, SAMPLES_DIR, RecipeTrainerMixin, step_image_path, write_model_card
 
 logger = logging.get_logger(__name__)
-
-SEGMENTS = ("prologue", "eos", "visual")  # the order of PrologueVocabulary.segment_ids: 0, 1, 2
-EMA_DIR = "ema"  # inside each checkpoint: save_pretrained of the EMA model
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -94,62 +93,6 @@ def class_dropout_mask(seed: int, step: int, micro_step: int, global_batch_size:
     state = np.random.SeedSequence([seed & 0xFFFFFFFF, step, micro_step]).generate_state(2, dtype=np.uint32)
     generator = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
     return torch.rand(global_batch_size, generator=generator) < prob
-
-
-# --------------------------------------------------------------------------------------------- loss
-@dataclass
-class PrologueARLossOutput(ModelOutput):
-    """Output of :func:`prologue_ar_loss`.
-
-    Attributes:
-        loss: scalar, ``sum_t w[seg(t)] * CE_t / (B * (K + 1 + N))`` (all weights 1: the mean CE).
-        token_loss: ``[B, K + 1 + N]`` CE of each predicted token (float32).
-        correct: ``[B, K + 1 + N]`` bool, top-1 prediction equals the target.
-        segment_stats: ``[3, 3]`` float: rows prologue / EOS / visual, columns (CE sum, correct count, token count).
-    """
-
-    loss: torch.Tensor | None = None
-    token_loss: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
-    segment_stats: torch.Tensor | None = None
-
-
-def prologue_ar_loss(
-    logits: torch.Tensor,
-    input_ids: torch.Tensor,
-    vocabulary: PrologueVocabulary,
-    segment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
-) -> PrologueARLossOutput:
-    """Next-token CE of a full AR sequence: logits at position ``t`` predict ``input_ids[:, t + 1]``.
-
-    Args:
-        logits: ``[B, 1 + K + 1 + N, vocab]`` (the last position predicts nothing and is ignored).
-        input_ids: ``[B, 1 + K + 1 + N]`` from :meth:`PrologueVocabulary.build_sequence`.
-        vocabulary: gives the segment of each predicted position (:meth:`PrologueVocabulary.segment_ids`).
-        segment_weights: multipliers of the prologue, EOS and visual CE terms.
-
-    No logit mask is applied: the official training CE runs over the full vocabulary (the mask is a sampling-time
-    constraint), so the model also learns to put no mass on ids of the wrong segment.
-    """
-    length = vocabulary.sequence_length
-    if input_ids.ndim != 2 or input_ids.shape[1] != length:
-        raise ValueError(f"input_ids must have shape [B, {length}], got {list(input_ids.shape)}")
-    if logits.shape[:2] != input_ids.shape:
-        raise ValueError(f"logits must have shape [B, {length}, vocab], got {list(logits.shape)}")
-    targets = input_ids[:, 1:]  # [B, T]
-    scores = logits[:, :-1].float()  # [B, T, vocab]
-    token_loss = F.cross_entropy(scores.transpose(1, 2), targets, reduction="none")  # [B, T]
-    correct = scores.argmax(-1) == targets
-    segments = vocabulary.segment_ids(logits.device)  # [T]
-    weights = torch.as_tensor(segment_weights, dtype=token_loss.dtype, device=logits.device)[segments]  # [T]
-    loss = (token_loss * weights).sum() / token_loss.numel()
-    with torch.no_grad():
-        one_hot = F.one_hot(segments, len(SEGMENTS)).to(token_loss.dtype)  # [T, 3]
-        stats = torch.stack(
-            [token_loss.sum(0) @ one_hot, correct.sum(0).to(token_loss.dtype) @ one_hot, one_hot.sum(0) * targets.shape[0]],
-            dim=1,
-        )  # [3, 3]
-    return PrologueARLossOutput(loss=loss, token_loss=token_loss, correct=correct, segment_stats=stats)
 
 
 # --------------------------------------------------------------------------------------------- arguments
@@ -229,7 +172,7 @@ class _EMAUpdateCallback(TrainerCallback):
 
 
 # --------------------------------------------------------------------------------------------- trainer
-class PrologueARTrainer(Trainer):
+class PrologueARTrainer(RecipeTrainerMixin, Trainer):
     """``Trainer`` for stage 2: class-dropout CFG training with the routed segment statistics.
 
     Args:
@@ -240,6 +183,9 @@ class PrologueARTrainer(Trainer):
             tokenizer identity) and a config without ``tokenizer_identity`` records the dataset's.
         image_tokenizer: optional tokenizer, checked to be the one that produced the ids (used for sample grids).
         **kwargs: passed to ``transformers.Trainer`` (``callbacks``, ...).
+
+    ``train(resume_from_checkpoint=...)`` takes a checkpoint folder or ``"last"`` / ``"latest"`` / ``"true"`` / ``True``
+    (the newest complete checkpoint of ``output_dir``; :func:`~prologue_hf.training.recipe.resolve_resume_checkpoint`).
 
     >>> trainer = PrologueARTrainer(model, PrologueARTrainingArguments("out"), train_dataset=ids)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
@@ -389,17 +335,18 @@ class PrologueARTrainer(Trainer):
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             self.ema.model.save_pretrained(os.path.join(folder, EMA_DIR))
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """``Trainer.train``; when resuming with EMA on, the EMA weights of the checkpoint are restored first."""
-        if resume_from_checkpoint and self.ema is not None:
-            path = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            if path is None:
-                raise ValueError(f"resume_from_checkpoint=True but {self.args.output_dir} holds no checkpoint")
-            if not os.path.isdir(os.path.join(path, EMA_DIR)):
-                raise ValueError(f"{path} has no {EMA_DIR}/ folder: it was not trained with ema_halflife_steps")
-            saved = type(self.ema.model).from_pretrained(os.path.join(path, EMA_DIR))
-            self.ema.load_state_dict(saved.state_dict())
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+    def checkpoint_weight_dirs(self) -> tuple[str, ...]:
+        """The model's weights, and the ``ema/`` folder when EMA is on (written after the Trainer's state)."""
+        return ("", EMA_DIR) if self.ema is not None else ("",)
+
+    def restore_extra_state(self, checkpoint: str) -> None:
+        """With EMA on, the EMA weights of ``checkpoint`` are restored before the Trainer resumes."""
+        if self.ema is None:
+            return
+        if not os.path.isdir(os.path.join(checkpoint, EMA_DIR)):
+            raise ValueError(f"{checkpoint} has no {EMA_DIR}/ folder: it was not trained with ema_halflife_steps")
+        saved = type(self.ema.model).from_pretrained(os.path.join(checkpoint, EMA_DIR))
+        self.ema.load_state_dict(saved.state_dict())
 
     def save_ema_model(self, output_dir: str) -> None:
         """``save_pretrained`` of the EMA model (main process only)."""
@@ -407,6 +354,36 @@ class PrologueARTrainer(Trainer):
             raise ValueError("no EMA: train with ema_halflife_steps set")
         if self.args.should_save:
             self.ema.model.save_pretrained(output_dir)
+
+    def model_card(self) -> dict:
+        """The README of a stage-2 run (:func:`~prologue_hf.training.recipe.write_model_card` arguments)."""
+        config = self.model.config
+        vocab = config.vocabulary
+        return dict(
+            title="Prologue stage-2 AR",
+            summary=(
+                f"A class-conditional AR ({config.num_hidden_layers} layers, width {config.hidden_size}, "
+                f"{config.num_attention_heads} heads, {config.num_classes} classes) over "
+                f"{vocab.num_prologue_tokens} prologue tokens, EOS and {vocab.num_visual_tokens} visual tokens of the "
+                f"tokenizer `{config.tokenizer_identity or 'unrecorded'}`, trained with "
+                "`prologue_hf.training.PrologueARTrainer` (arXiv 2605.06137, stage 2)."
+            ),
+            usage=[
+                "from prologue_hf import PrologueARForCausalLM",
+                'ar = PrologueARForCausalLM.from_pretrained("<repo>")',
+                "# sample with prologue_hf.pipelines.ProloguePipeline(tokenizer=<the tokenizer above>, ar=ar)",
+            ],
+            facts=[
+                f"weights: online{f'; EMA in `{EMA_DIR}/`' if self.ema is not None else ''}; "
+                f"steps: {self.state.global_step}."
+            ],
+            tags=["autoregressive", "image-generation", "class-conditional"],
+        )
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write the output folder's README (:meth:`model_card`), the card every recipe writes."""
+        if self.is_world_process_zero():
+            write_model_card(self.args.output_dir, **self.model_card())
 
 
 # --------------------------------------------------------------------------------------------- samples
@@ -420,7 +397,7 @@ class PrologueARSampleGridCallback(TrainerCallback):
         image_tokenizer: decodes the visual ids (moved to the AR's device on first use).
         class_labels: one grid cell per label.
         every_n_steps: period in optimizer steps.
-        sampling: a :class:`~prologue_hf.pipelines.sampling.SamplingParams`, a preset name, or ``None`` (plain).
+        sampling: a :class:`~prologue_hf.pipelines.SamplingParams`, a preset name, or ``None`` (plain).
         seed: seed of the sampler's generator.
         output_dir: default ``args.output_dir``.
     """
@@ -477,7 +454,7 @@ class PrologueARSampleGridCallback(TrainerCallback):
             self.saved.append(path)
 
     def _maybe_save(self, args, state, model) -> None:
-        path = os.path.join(self.output_dir or args.output_dir, "samples", f"step-{state.global_step:08d}.png")
+        path = step_image_path(self.output_dir or args.output_dir, SAMPLES_DIR, state.global_step)
         if path not in self.saved:
             self.save_grid(model, path, state.is_world_process_zero)
 

@@ -1,6 +1,6 @@
 """Stage 1 of Prologue: :class:`PrologueTokenizerTrainer`, a ``transformers.Trainer`` for the routed loss.
 
-What it adds around :class:`~prologue_hf.training.losses.PrologueStage1Model` (paper appendix E "Stage 1"):
+What it adds around :class:`~prologue_hf.training.stage1_model.PrologueStage1Model` (paper appendix E "Stage 1"):
 
 * **Optimizers.** One ``AdamW`` with per-group settings for what the Trainer steps: tokenizer (``betas=(0, 0.99)``,
   no weight decay) and compact AR (``betas=(0.9, 0.99)``, weight decay 0.03 on matrices, none on norms/biases, as the
@@ -14,7 +14,8 @@ What it adds around :class:`~prologue_hf.training.losses.PrologueStage1Model` (p
 * **Checkpoints.** ``tokenizer/`` (EMA weights when EMA is on: what inference and stage 2 load, official
   ``ema_reconstruction``), ``tokenizer_online/`` (raw weights), ``compact_ar/``, ``discriminator/`` (all
   ``save_pretrained`` folders), the discriminator optimizer / scheduler next to the Trainer's optimizer, scheduler,
-  RNG and data-position state: resuming continues bit-for-bit.
+  RNG and data-position state: resuming continues bit-for-bit. ``resume_from_checkpoint`` takes a folder or
+  ``"last"`` / ``"latest"`` / ``"true"`` (the newest complete checkpoint; :mod:`prologue_hf.training.recipe`).
 * **Logging** of every loss term, AR statistics, learning rates, and usage / perplexity of both codebooks; PNG grids
   of reconstructions every N steps. A non-finite loss stops training with ``FloatingPointError`` after writing a
   checkpoint of the last good weights (no optimizer step has used the bad loss).
@@ -22,7 +23,6 @@ What it adds around :class:`~prologue_hf.training.losses.PrologueStage1Model` (p
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -34,14 +34,26 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, get_wsd_sc
 from transformers.trainer_utils import SaveStrategy
 from transformers.utils import logging
 
-from ..models.configuration_prologue_ar import PrologueARConfig
 from ..models.configuration_prologue_tokenizer import PrologueTokenizerConfig
 from ..models.discriminator import PrologueDiscriminator, PrologueDiscriminatorConfig
-from ..models.modeling_prologue_ar import PrologueARForCausalLM
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
 from .ema import ModelEMA
 from .launch import check_distributed_launch
-from .losses import PrologueStage1LossConfig, PrologueStage1Model
+from .losses import PrologueStage1LossConfig
+from .recipe import (
+    COMPACT_AR_DIR,
+    DISCRIMINATOR_DIR,
+    RECONSTRUCTIONS_DIR,
+    TOKENIZER_DIR,
+    TOKENIZER_ONLINE_DIR,
+    RecipeTrainerMixin,
+    build_compact_ar,
+    json_overrides,
+    seeded_image_collator,
+    step_image_path,
+    write_model_card,
+)
+from .stage1_model import PrologueStage1Model
 
 logger = logging.get_logger(__name__)
 
@@ -101,20 +113,6 @@ class PrologueStage1ModelArguments:
     num_classes: int = field(default=1000, metadata={"help": "Real classes of the dataset (the null class is added)."})
 
 
-def _json_overrides(value: str | dict | None, name: str) -> dict:
-    if value is None:
-        return {}
-    if isinstance(value, dict):
-        return dict(value)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{name} must be a JSON object, got {value!r} ({error})") from error
-    if not isinstance(parsed, dict):
-        raise ValueError(f"{name} must be a JSON object, got {value!r}")
-    return parsed
-
-
 def build_stage1_model(
     model_args: PrologueStage1ModelArguments, loss_config: PrologueStage1LossConfig
 ) -> PrologueStage1Model:
@@ -122,7 +120,7 @@ def build_stage1_model(
 
     Call after ``transformers.set_seed`` for a reproducible initialisation.
     """
-    overrides = _json_overrides(model_args.tokenizer_overrides, "tokenizer_overrides")
+    overrides = json_overrides(model_args.tokenizer_overrides, "tokenizer_overrides")
     if model_args.init_tokenizer_from:
         tokenizer = PrologueTokenizerModel.from_pretrained(model_args.init_tokenizer_from, **overrides)
     elif model_args.tokenizer_preset:
@@ -133,26 +131,16 @@ def build_stage1_model(
     target = loss_config.ar_target if loss_config.ar_target != "auto" else ("prologue" if has_prologue else "none")
     compact_ar = None
     if target != "none":
-        ar_overrides = _json_overrides(model_args.compact_ar_overrides, "compact_ar_overrides")
-        vocab_fields = dict(
-            visual_vocab_size=tokenizer.config.visual_codebook_size,
-            prologue_vocab_size=tokenizer.config.prologue_codebook_size,
-            num_prologue_tokens=tokenizer.config.num_prologue_tokens,
-            num_visual_tokens=tokenizer.config.num_visual_tokens,
-            num_classes=model_args.num_classes,
+        compact_ar = build_compact_ar(
+            tokenizer.config, model_args.num_classes, model_args.compact_ar_preset, model_args.compact_ar_overrides
         )
-        if model_args.compact_ar_preset:
-            ar_config = PrologueARConfig.from_preset(model_args.compact_ar_preset, **vocab_fields, **ar_overrides)
-        else:
-            ar_config = PrologueARConfig(**vocab_fields, **ar_overrides)
-        compact_ar = PrologueARForCausalLM(ar_config)
     discriminator = None
     if loss_config.gan_weight > 0:
-        disc_overrides = _json_overrides(model_args.discriminator_overrides, "discriminator_overrides")
+        disc_overrides = json_overrides(model_args.discriminator_overrides, "discriminator_overrides")
         discriminator = PrologueDiscriminator(
             PrologueDiscriminatorConfig(num_channels=tokenizer.config.num_channels, **disc_overrides)
         )
-    return PrologueStage1Model(tokenizer.train(), compact_ar.train() if compact_ar else None, discriminator, loss_config)
+    return PrologueStage1Model(tokenizer.train(), compact_ar, discriminator, loss_config)
 
 
 # ============================================================================================ save / load
@@ -161,14 +149,14 @@ def save_stage1_components(stage1: PrologueStage1Model, output_dir: str, ema: Mo
     ``discriminator/`` under ``output_dir``, each a ``save_pretrained`` folder."""
     os.makedirs(output_dir, exist_ok=True)
     if ema is not None:
-        ema.model.save_pretrained(os.path.join(output_dir, "tokenizer"))
-        stage1.tokenizer.save_pretrained(os.path.join(output_dir, "tokenizer_online"))
+        ema.model.save_pretrained(os.path.join(output_dir, TOKENIZER_DIR))
+        stage1.tokenizer.save_pretrained(os.path.join(output_dir, TOKENIZER_ONLINE_DIR))
     else:
-        stage1.tokenizer.save_pretrained(os.path.join(output_dir, "tokenizer"))
+        stage1.tokenizer.save_pretrained(os.path.join(output_dir, TOKENIZER_DIR))
     if stage1.compact_ar is not None:
-        stage1.compact_ar.save_pretrained(os.path.join(output_dir, "compact_ar"))
+        stage1.compact_ar.save_pretrained(os.path.join(output_dir, COMPACT_AR_DIR))
     if stage1.discriminator is not None:
-        stage1.discriminator.save_pretrained(os.path.join(output_dir, "discriminator"))
+        stage1.discriminator.save_pretrained(os.path.join(output_dir, DISCRIMINATOR_DIR))
 
 
 def _load_into(module: nn.Module, directory: str) -> None:
@@ -180,17 +168,17 @@ def _load_into(module: nn.Module, directory: str) -> None:
 
 def load_stage1_components(stage1: PrologueStage1Model, checkpoint_dir: str, ema: ModelEMA | None = None) -> None:
     """Inverse of :func:`save_stage1_components`: load every part back into existing modules (strict)."""
-    online_dir = os.path.join(checkpoint_dir, "tokenizer_online")
+    online_dir = os.path.join(checkpoint_dir, TOKENIZER_ONLINE_DIR)
     has_online = os.path.isdir(online_dir)
-    _load_into(stage1.tokenizer, online_dir if has_online else os.path.join(checkpoint_dir, "tokenizer"))
+    _load_into(stage1.tokenizer, online_dir if has_online else os.path.join(checkpoint_dir, TOKENIZER_DIR))
     if ema is not None:
         if not has_online:
             logger.warning(f"{checkpoint_dir} has no EMA weights; the EMA restarts from the online tokenizer")
-        _load_into(ema.model, os.path.join(checkpoint_dir, "tokenizer"))
+        _load_into(ema.model, os.path.join(checkpoint_dir, TOKENIZER_DIR))
     if stage1.compact_ar is not None:
-        _load_into(stage1.compact_ar, os.path.join(checkpoint_dir, "compact_ar"))
+        _load_into(stage1.compact_ar, os.path.join(checkpoint_dir, COMPACT_AR_DIR))
     if stage1.discriminator is not None:
-        _load_into(stage1.discriminator, os.path.join(checkpoint_dir, "discriminator"))
+        _load_into(stage1.discriminator, os.path.join(checkpoint_dir, DISCRIMINATOR_DIR))
 
 
 # ============================================================================================ callbacks
@@ -218,7 +206,7 @@ class _StepEndCallback(TrainerCallback):
 
 
 # ============================================================================================ trainer
-class PrologueTokenizerTrainer(Trainer):
+class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
     """``transformers.Trainer`` for stage 1 (see the module docstring for the optimizers, schedule and checkpoints).
 
     Args:
@@ -260,6 +248,20 @@ class PrologueTokenizerTrainer(Trainer):
     def stage1_model(self) -> PrologueStage1Model:
         """The unwrapped :class:`PrologueStage1Model`."""
         return self.model
+
+    def checkpoint_weight_dirs(self) -> tuple[str, ...]:
+        """The folders :func:`save_stage1_components` writes (a checkpoint lacking one is incomplete)."""
+        stage1 = self.stage1_model
+        return tuple(
+            name
+            for name, present in (
+                (TOKENIZER_DIR, True),
+                (TOKENIZER_ONLINE_DIR, self.ema is not None),
+                (COMPACT_AR_DIR, stage1.compact_ar is not None),
+                (DISCRIMINATOR_DIR, stage1.discriminator is not None),
+            )
+            if present
+        )
 
     # -------------------------------------------------------------------------------------------- optimizers
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -432,7 +434,7 @@ class PrologueTokenizerTrainer(Trainer):
         grid = torch.cat([PrologueTokenizerModel.postprocess(r, "uint8").cpu() for r in rows], dim=0)  # [R*n, C, H, W]
         n, (c, h, w) = images.shape[0], images.shape[1:]
         grid = grid.view(len(rows), n, c, h, w).permute(0, 3, 1, 4, 2).reshape(len(rows) * h, n * w, c).numpy()
-        path = path or os.path.join(self.args.output_dir, "reconstructions", f"step-{self.state.global_step:08d}.png")
+        path = path or step_image_path(self.args.output_dir, RECONSTRUCTIONS_DIR, self.state.global_step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         PIL.Image.fromarray(np.ascontiguousarray(grid.squeeze(-1) if c == 1 else grid)).save(path)
         logger.info(f"reconstruction grid written to {path}")
@@ -470,34 +472,30 @@ class PrologueTokenizerTrainer(Trainer):
             torch.load(os.path.join(checkpoint, DISCRIMINATOR_SCHEDULER_NAME), weights_only=True)
         )
 
-    def create_model_card(self, *args, **kwargs) -> None:
-        """A short README for the output folder (the Trainer's default card expects a single PreTrainedModel)."""
-        if not self.is_world_process_zero():
-            return
+    def model_card(self) -> dict:
+        """The :func:`~prologue_hf.training.recipe.write_model_card` arguments of this run's README."""
         stage1 = self.stage1_model
-        lines = [
-            "---",
-            "library_name: prologue-hf",
-            "tags: [prologue, image-tokenizer, vq]",
-            "---",
-            "# Prologue stage-1 tokenizer",
-            "",
-            "Trained with `prologue_hf.training.PrologueTokenizerTrainer` (arXiv 2605.06137, stage 1).",
-            "",
-            "```python",
+        usage = [
             "from prologue_hf import PrologueTokenizerModel, PrologueARForCausalLM",
-            'tokenizer = PrologueTokenizerModel.from_pretrained("<repo>", subfolder="tokenizer")',
+            f'tokenizer = PrologueTokenizerModel.from_pretrained("<repo>", subfolder="{TOKENIZER_DIR}")',
         ]
         if stage1.compact_ar is not None:
-            lines.append('compact_ar = PrologueARForCausalLM.from_pretrained("<repo>", subfolder="compact_ar")')
-        lines += [
-            "```",
-            "",
-            f"- `tokenizer/`: {'EMA' if self.ema is not None else 'online'} weights; "
-            f"AR target: `{stage1.ar_target}`; steps: {self.state.global_step}.",
-        ]
-        with open(os.path.join(self.args.output_dir, "README.md"), "w") as handle:
-            handle.write("\n".join(lines) + "\n")
+            usage.append(f'compact_ar = PrologueARForCausalLM.from_pretrained("<repo>", subfolder="{COMPACT_AR_DIR}")')
+        return dict(
+            title="Prologue stage-1 tokenizer",
+            summary="Trained with `prologue_hf.training.PrologueTokenizerTrainer` (arXiv 2605.06137, stage 1).",
+            usage=usage,
+            facts=[
+                f"`{TOKENIZER_DIR}/`: {'EMA' if self.ema is not None else 'online'} weights; "
+                f"AR target: `{stage1.ar_target}`; steps: {self.state.global_step}."
+            ],
+            tags=["image-tokenizer", "vq"],
+        )
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write the output folder's README (:meth:`model_card`; the Trainer's default card expects one model)."""
+        if self.is_world_process_zero():
+            write_model_card(self.args.output_dir, **self.model_card())
 
 
 def train_tokenizer(
@@ -507,28 +505,23 @@ def train_tokenizer(
     training_args: PrologueTokenizerTrainingArguments,
 ) -> PrologueTokenizerTrainer:
     """Run stage 1 end to end (what ``examples/train_tokenizer.py`` does): load the images, build the models, train
-    (resuming when ``training_args.resume_from_checkpoint`` is a path or ``"last"``), save, optionally push.
+    (resuming when ``training_args.resume_from_checkpoint`` is a folder or ``"last"`` / ``"latest"`` / ``"true"``),
+    save, optionally push.
 
-    ``data_args`` is an :class:`~prologue_hf.training.data.ImageDataArguments`. Returns the trainer (its
+    ``data_args`` is an :class:`~prologue_hf.training.image_data.ImageDataArguments`. Returns the trainer (its
     ``state.log_history`` holds every logged loss term).
     """
     from transformers import set_seed
 
-    from .data import ImageTrainingCollator, ImageTransform, load_training_images
+    from .image_data import load_training_images
 
     with training_args.main_process_first(desc="loading the dataset"):
         dataset = load_training_images(data_args, seed=training_args.seed)
     set_seed(training_args.seed)
     model = build_stage1_model(model_args, loss_config)
-    transform = ImageTransform(model.tokenizer.config.image_size, data_args.random_crop, data_args.hflip)
-    trainer = PrologueTokenizerTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=ImageTrainingCollator(transform, seed=training_args.data_seed or training_args.seed),
-    )
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume == "last" else resume)
+    collator = seeded_image_collator(model.tokenizer.config.image_size, data_args, training_args.data_seed or training_args.seed)
+    trainer = PrologueTokenizerTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     if training_args.push_to_hub:
         trainer.push_to_hub()
