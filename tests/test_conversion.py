@@ -33,9 +33,9 @@ from prologue_hf.conversion import (
     save_official_ar,
     shard_name,
 )
+from prologue_hf.identity import tokenizer_identity
 from prologue_hf.models.modeling_prologue_tokenizer import unpatchify
 from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
-from prologue_hf.training.pretokenize import tokenizer_identity
 
 REPO = Path(__file__).resolve().parents[1]
 AR_VOCAB = 81  # official V + P + EOS of the fixture
@@ -389,7 +389,7 @@ def test_ar_folder_and_tokenizer_folder_are_not_confused(official_fixture_dir, t
         convert_official_tokenizer(joint, config, encoder_slot=5)
     # a tokenizer shard where the joint AR should be
     shutil.copyfile(official_fixture_dir / "tokenizer" / "model.safetensors", joint / "model_5.safetensors")
-    with pytest.raises(ValueError, match=r"model_5\.safetensors holds a Prologue tokenizer.*not an AR"):
+    with pytest.raises(ValueError, match=r"model_5\.safetensors holds a Prologue tokenizer.*not an official AR"):
         convert_official_joint_ar(joint, config)
 
 

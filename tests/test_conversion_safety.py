@@ -231,3 +231,21 @@ def test_non_positive_sizes_name_the_key(release, tmp_path, section, key, value)
     dotted = f"{section}.{key}" if section else key
     with pytest.raises(ValueError, match=rf"{path}: config key '{dotted}' = .* must be (>= 1|> 0)"):
         convert_official_checkpoint(path, tmp_path / "out", release / "tokenizer", release / "ar")
+
+
+def test_a_folder_of_no_official_family_is_refused_with_the_supported_list(tmp_path, load_example):
+    """A converted prologue-hf folder given back to the converter: its keys are ours, not an official layout."""
+    cli = load_example("convert_official_checkpoint")
+    fixture = FIXTURES / "official-2d-tiny"
+    ours = tmp_path / "ours"
+    convert_official_checkpoint(fixture / "config.yaml", ours, fixture / "tokenizer", fixture / "ar")
+    (ours / "tokenizer" / "model_2.safetensors").symlink_to(ours / "tokenizer" / "model.safetensors")
+    (ours / "tokenizer" / "model_3.safetensors").symlink_to(ours / "tokenizer" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"is not an official Prologue checkpoint shard.*Supported official families: "
+                       r"prologue: .*onestage: .*post: .*2d: .*1d: "):
+        cli.main(["--config", str(fixture / "config.yaml"), "--tokenizer-dir", str(ours / "tokenizer"),
+                  "--output-dir", str(tmp_path / "again")])
+    with pytest.raises(ValueError, match=r"holds no official key .*not an official AR model"):
+        cli.main(["--config", str(fixture / "config.yaml"), "--ar-dir", str(ours / "ar"),
+                  "--output-dir", str(tmp_path / "again")])
+    assert not (tmp_path / "again").exists()

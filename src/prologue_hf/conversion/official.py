@@ -2,9 +2,12 @@
 
 The official release is a set of accelerate ``save_state`` shards (``model.safetensors``, ``model_1.safetensors``,
 ...) plus an OmegaConf config. This module reads a *resolved* config YAML and the shards, checks every key and shape
-against what the config implies, and builds :class:`~prologue_hf.PrologueTokenizerModel` and
+against what the config implies, and builds :class:`~prologue_hf.PrologueTokenizerModel` (or, for Prologue-Post, a
+:class:`~prologue_hf.ProloguePostModel` over the converted frozen 2D tokenizer) and
 :class:`~prologue_hf.PrologueARForCausalLM` whose outputs equal the official ones (float32, see
-``tests/test_conversion.py``).
+``tests/test_conversion.py`` and ``tests/test_conversion_families.py``). The family (Prologue, OneStage, Post, 1D,
+2D) comes from the config (:func:`~.official_config.official_family`) and is checked against the shards' keys
+(:func:`shard_kind`).
 
 What the official code computes from a *constant* label is folded into plain parameters (the tokenizer always sees
 the null label because released models use ``ae_no_label=True``; the AR Transformer always sees
@@ -22,7 +25,7 @@ Permuting the rows of ``q_proj``/``k_proj`` (and the q/k norm weights) inside ea
 permutation of q and k channels).
 
 Layouts and facts, as read from the official ``models.py`` and ``train_ar.py``:
-``tests/fixtures/official-prologue-tiny/SPEC.md``.
+``tests/fixtures/official-prologue-tiny/SPEC.md`` and the README of each ``tests/fixtures/official-*-tiny``.
 """
 
 from __future__ import annotations
@@ -129,9 +132,17 @@ def shard_kind(keys: Iterable[str]) -> str | None:
 
 
 def _check_kind(keys: Iterable[str], path: Path, expected: str, config_path: str, family: str) -> None:
-    """A shard whose keys belong to another family than the config's is refused, naming both."""
+    """A shard whose keys belong to another family than the config's is refused, naming both; one with no official
+    key at all (e.g. a converted prologue-hf or diffusers folder) with the list of supported families."""
+    keys = list(keys)
     found = shard_kind(keys)
-    if found is not None and found != expected:
+    if found is None:
+        listing = "; ".join(f"{name}: {text}" for name, text in OFFICIAL_FAMILIES.items())
+        raise ValueError(
+            f"{path} is not an official Prologue checkpoint shard (no enc.* / dec.* / quantizer.* / ar_model.* key; "
+            f"it holds e.g. {sorted(keys)[:3]}). Supported official families: {listing}"
+        )
+    if found != expected:
         raise ValueError(
             f"{path} holds {_SHARD_KINDS[found]}, but {config_path} describes the {family!r} family "
             f"({OFFICIAL_FAMILIES[family]}); pass the config that belongs to this folder, or the folder that belongs "
@@ -565,8 +576,9 @@ def _build_ar(
 ) -> PrologueARForCausalLM:
     """Check an official ``ARModel`` state dict against the config and fold it into ours."""
     found = shard_kind(state)
-    if found not in (None, "ar"):
-        raise ValueError(f"{path} holds {_SHARD_KINDS[found]}, not an AR model (ar_model.*, bos_emb.*)")
+    if found != "ar":
+        what = _SHARD_KINDS[found] if found else f"no official key (e.g. {sorted(state)[:3]})"
+        raise ValueError(f"{path} holds {what}, not an official AR model (ar_model.*, bos_emb.*)")
     ours_config = official_ar_config(config)
     vocabulary = ours_config.vocabulary
     _, ar_vocab = official_vocabulary(config)
