@@ -20,11 +20,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+import yaml
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 from prologue_hf import PrologueARForCausalLM, PrologueTokenizerModel
-from prologue_hf.conversion import OfficialConfig, convert_official_tokenizer, official_family
+from prologue_hf.conversion import (
+    OfficialConfig,
+    convert_official_ar,
+    convert_official_tokenizer,
+    official_family,
+)
 from prologue_hf.models.modeling_prologue_post import ProloguePostModel
 from prologue_hf.models.modeling_prologue_tokenizer import unpatchify
 from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
@@ -242,3 +248,43 @@ def test_the_default_tokenizer_slots_are_the_ones_official_inference_reads(name,
     with torch.no_grad():
         other = convert_official_tokenizer(FIXTURES / name / "tokenizer", FIXTURES / name / "config.yaml", wrong)
         assert not torch.equal(other.encode(pixels).visual_ids, ref["visual_indices"])
+
+
+def test_layer_counts_come_from_the_config(tmp_path):
+    """Sizes are read from the config, never assumed: the Post fixture with the last layer of every Transformer
+    removed (weights and ``layer_num`` alike) converts into models equal to the full conversion with those layers
+    deleted (the visual encoder, decoder, prologue encoder and AR each keep layers 0..L-2 in order)."""
+    name = "official-post-tiny"
+    fixture = FIXTURES / name
+    data = yaml.safe_load((fixture / "config.yaml").read_text())
+    sections = {"Encoder": "enc.", "Decoder": "dec.", "SemanticEncoder": "semantic_enc.", "ARModel": "ar_model."}
+    last = {prefix: data[section]["layer_num"] - 1 for section, prefix in sections.items()}
+    for section in sections:
+        data[section]["layer_num"] -= 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    for part in ("tokenizer", "ar"):
+        (tmp_path / part).mkdir()
+        for shard in sorted((fixture / part).glob("model*.safetensors")):
+            state = {k: v for k, v in load_file(str(shard)).items()
+                     if not any(k.startswith(f"{prefix}layers.{n}.") for prefix, n in last.items())}
+            save_file(state, str(tmp_path / part / shard.name), metadata={"format": "pt"})
+    small_tok = convert_official_tokenizer(tmp_path / "tokenizer", tmp_path / "config.yaml")
+    small_ar = convert_official_ar(tmp_path / "ar", tmp_path / "config.yaml")
+    full_tok = convert_official_tokenizer(fixture / "tokenizer", fixture / "config.yaml")
+    full_ar = convert_official_ar(fixture / "ar", fixture / "config.yaml")
+    visual = full_tok.visual_tokenizer.model
+    for layers in (visual.encoder.layers, visual.decoder.layers, full_tok.prologue_encoder.layers,
+                   full_ar.model.layers):
+        del layers[-1]
+    full_ar.config.num_hidden_layers -= 1
+    assert small_ar.config.num_hidden_layers == data["ARModel"]["layer_num"]
+    assert len(small_tok.prologue_encoder.layers) == data["SemanticEncoder"]["layer_num"]
+    pixels = _tensors(name, "inputs")["images"]
+    with torch.no_grad():
+        ours, theirs = small_tok.encode(pixels), full_tok.encode(pixels)
+        torch.testing.assert_close(ours.encoder_hidden_states, theirs.encoder_hidden_states, rtol=0, atol=0)
+        assert torch.equal(ours.visual_ids, theirs.visual_ids) and torch.equal(ours.prologue_ids, theirs.prologue_ids)
+        torch.testing.assert_close(small_tok.decode(ours.visual_ids).pixel_values,
+                                   full_tok.decode(ours.visual_ids).pixel_values, rtol=0, atol=0)
+        sequence = full_ar.config.vocabulary.build_sequence([3, 7], ours.visual_ids, ours.prologue_ids)
+        torch.testing.assert_close(small_ar(sequence).logits, full_ar(sequence).logits, rtol=0, atol=0)
