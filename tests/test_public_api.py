@@ -99,7 +99,7 @@ def test_the_library_never_imports_research():
 
 
 def test_documented_defaults_match_signatures():
-    # the pipeline docs state these defaults; keep them true (STYLE.md: DiT documented 250 steps, defaulted to 50)
+    # the pipeline docs state these defaults; keep them true (a documented default that drifts from the code misleads)
     params = inspect.signature(ProloguePipeline.__call__).parameters
     assert params["num_images_per_label"].default == 1
     assert params["output_type"].default == "pil"

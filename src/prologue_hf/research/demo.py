@@ -22,7 +22,7 @@ logger = logging.get_logger(__name__)
 
 @dataclass
 class DemoConfig:
-    """Sizes and budgets of the demo (defaults: a few minutes on 2 CPU cores).
+    """Sizes and budgets of the demo (the defaults are sized for a short CPU run; report.md records its wall time).
 
     Attributes:
         output_dir: where everything is written.
