@@ -69,13 +69,7 @@ class PrologueARConfig(LlamaConfig):
 
     def __post_init__(self, **kwargs):
         normalize_config_fields(self)
-        vocabulary = PrologueVocabulary(
-            self.visual_vocab_size,
-            self.prologue_vocab_size,
-            self.num_prologue_tokens,
-            self.num_visual_tokens,
-            self.num_classes,
-        )
+        vocabulary = self.vocabulary  # also validates the vocabulary fields
         if self.vocab_size is None:
             self.vocab_size = vocabulary.vocab_size
         elif self.vocab_size != vocabulary.vocab_size:
