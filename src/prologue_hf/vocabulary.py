@@ -336,12 +336,12 @@ def ar_vocabulary_fields(tokenizer_config: Any, num_classes: int | None = None, 
     """The :class:`~prologue_hf.PrologueARConfig` keyword arguments for an AR over ``tokenizer_config``'s ids,
     merged with ``overrides``.
 
-    The vocabulary decides ``visual_vocab_size``, ``num_prologue_tokens``, ``num_visual_tokens``,
-    ``prologue_vocab_size`` (when K > 0); ``num_classes`` is an argument of its own (``PrologueARConfig`` derives
-    ``vocab_size`` from them all and checks a given one). The one precedence rule: an override of a decided field must equal the decided
-    value (else ``ValueError`` naming the field and both values), so a caller can neither silently change nor be
-    silently overruled on what the tokenizer fixed. Every other override (sizes, dropouts, ``tokenizer_identity``,
-    and ``prologue_vocab_size`` when K = 0) passes through untouched.
+    The tokenizer decides ``visual_vocab_size``, ``num_prologue_tokens``, ``num_visual_tokens`` and, when K > 0,
+    ``prologue_vocab_size``; ``num_classes`` is an argument of its own (``PrologueARConfig`` derives ``vocab_size``
+    from them all and checks a given one). The one precedence rule: an override of a field the tokenizer decides must
+    equal the tokenizer's value (else ``ValueError`` naming the field and both values), so a caller can neither
+    silently change nor be silently overruled on what the tokenizer fixed. Every other override (sizes, dropouts,
+    ``tokenizer_identity``, and ``prologue_vocab_size`` when K = 0) passes through untouched.
 
     Args:
         tokenizer_config: a tokenizer description (see :meth:`PrologueVocabulary.from_tokenizer_config`).
