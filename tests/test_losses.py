@@ -19,6 +19,7 @@ from prologue_hf.training.losses import (
     generator_adversarial_loss,
     lecam_regularizer,
     prepare_class_labels,
+    prologue_ar_loss,
     routed_ar_loss,
 )
 from prologue_hf.training.stage1_model import PrologueStage1Model
@@ -164,6 +165,52 @@ def test_visual_dropout_rate():
     torch.manual_seed(1)
     draws = torch.stack([routed_ar_loss(ar, encoded, labels, visual_dropout=0.25).drop_visual for _ in range(8)])
     assert abs(float(draws.float().mean()) - 0.25) < 0.06
+
+
+# ------------------------------------------------------------------------------------------------ the one AR cross-entropy
+def test_routed_loss_is_the_one_ar_cross_entropy():
+    tokenizer = tiny_tokenizer()
+    ar = tiny_ar(tokenizer.config)
+    vocab = ar.vocabulary
+    encoded = tokenizer.encode(_images())
+    out = routed_ar_loss(ar, encoded, torch.tensor([0, 3, 10, 7]), drop_visual=torch.tensor([True, False, True, False]))
+    # the same function stage 2 trains with
+    ce = prologue_ar_loss(out.logits, out.targets, vocab)
+    assert torch.equal(out.loss, ce.loss) and torch.equal(out.token_losses, ce.token_loss)
+    # by hand: position t predicts token t + 1, mean over the B * (K + 1 + N) predictions
+    log_q = out.logits[:, :-1].detach().double().log_softmax(-1)
+    manual = -log_q.gather(-1, out.targets[:, 1:, None]).squeeze(-1)
+    assert manual.shape == (4, vocab.num_generated_tokens)
+    torch.testing.assert_close(out.token_losses.double(), manual, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss.double(), manual.mean(), rtol=1e-5, atol=1e-6)
+    correct = (log_q.argmax(-1) == out.targets[:, 1:]).double()
+    for name, positions in vocab.segment_positions.items():  # prologue [0, K), EOS K, visual after
+        torch.testing.assert_close(out.metrics[f"ar_ce_{name}"].double(), manual[:, positions].mean(), rtol=1e-5, atol=1e-6)
+        assert float(out.metrics[f"ar_acc_{name}"]) == pytest.approx(float(correct[:, positions].mean()))
+    assert float(out.metrics["ar_visual_dropped_fraction"]) == 0.5
+
+
+def test_ar_cross_entropy_soft_prologue_targets_and_errors():
+    tokenizer = tiny_tokenizer()
+    ar = tiny_ar(tokenizer.config)
+    vocab = ar.vocabulary
+    encoded = tokenizer.encode(_images())
+    ids = vocab.build_sequence(torch.full((4,), 10), encoded.visual_ids, encoded.prologue_ids)
+    logits = torch.randn(4, vocab.sequence_length, vocab.vocab_size, generator=torch.Generator().manual_seed(0))
+    hard = prologue_ar_loss(logits, ids, vocab)
+    soft = prologue_ar_loss(logits, ids, vocab, soft_prologue_targets=encoded.prologue_soft_onehot)
+    torch.testing.assert_close(soft.token_loss, hard.token_loss, rtol=1e-6, atol=1e-6)  # p~ is the one-hot forward
+    torch.testing.assert_close(soft.segment_stats, hard.segment_stats, rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match=r"soft_prologue_targets must have shape \[4, 4, 16\]"):
+        prologue_ar_loss(logits, ids, vocab, soft_prologue_targets=encoded.prologue_soft_onehot[:, :2])
+    flat = tiny_ar(tiny_tokenizer(num_prologue_tokens=0).config).vocabulary
+    flat_ids = flat.build_sequence(torch.full((4,), 10), encoded.visual_ids)
+    flat_logits = torch.zeros(4, flat.sequence_length, flat.vocab_size)
+    with pytest.raises(ValueError, match="num_prologue_tokens=0"):
+        prologue_ar_loss(flat_logits, flat_ids, flat, soft_prologue_targets=encoded.prologue_soft_onehot)
+    flat_out = prologue_ar_loss(flat_logits, flat_ids, flat)  # uniform logits: CE = log(vocab) everywhere
+    torch.testing.assert_close(flat_out.loss, torch.tensor(math.log(flat.vocab_size)))
+    assert flat_out.segment_stats[:2].sum() == 0 and flat_out.segment_stats[2, 2] == 4 * flat.num_visual_tokens
 
 
 # ------------------------------------------------------------------------------------------------ targets

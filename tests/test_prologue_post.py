@@ -311,6 +311,16 @@ def test_example_cli_trains_from_a_local_tokenizer_folder(tmp_path, load_example
     assert not os.path.exists(tmp_path / "run" / "tokenizer" / VISUAL_TOKENIZER_SUBFOLDER)
     assert post.config.num_prologue_tokens == 4 and post.config.hidden_size == 32
     assert _equal_states(_state(post), _state(trainer.ema.model))  # tokenizer/ holds the EMA weights
+    # the augmentation is seeded as in stage 1: the same seed draws the same crops / flips, whatever the global RNG
+    collator = trainer.data_collator
+    assert collator.seed == trainer.args.seed == 0
+    examples = [dict(row) for row in trainer.train_dataset.select(range(4))]
+    torch.manual_seed(1)
+    first = collator(examples)["pixel_values"]
+    torch.manual_seed(2)
+    assert torch.equal(collator(examples)["pixel_values"], first)
+    collator.seed = 1
+    assert not torch.equal(collator(examples)["pixel_values"], first)
 
 
 # ---------------------------------------------------------------------------------------------- stage 2 and pipeline

@@ -1,7 +1,9 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
 from prologue_hf.models import L2VectorQuantizer, ProbSTEQuantizer
+from prologue_hf.models.quantizers import straight_through_onehot
 
 
 def _features(seed=0, batch=2, length=5, dim=12):
@@ -79,3 +81,26 @@ def test_lookup_rejects_out_of_range_ids():
         assert "[0, 7)" in str(err)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_straight_through_onehot_forward_is_hard_gradient_is_the_softmax():
+    tau = 0.5
+    logits = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    soft = straight_through_onehot(logits, tau)
+    assert soft.dtype == torch.float32 and soft.shape == (3, 5, 7)
+    assert torch.equal(soft.detach(), F.one_hot(logits.argmax(-1), 7).float())  # exactly the hard one-hot
+    upstream = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(2))
+    (grad,) = torch.autograd.grad((soft * upstream).sum(), logits)
+    p = torch.softmax(logits.detach() / tau, -1)
+    torch.testing.assert_close(grad, p * (upstream - (upstream * p).sum(-1, keepdim=True)) / tau, rtol=1e-5, atol=1e-6)
+    # bf16 logits: float32 probabilities, the same ids
+    assert torch.equal(straight_through_onehot(logits.detach().bfloat16(), tau).argmax(-1), logits.argmax(-1))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        straight_through_onehot(logits, 0.0)
+
+
+def test_prob_ste_quantizer_uses_the_straight_through_helper():
+    torch.manual_seed(0)
+    q = ProbSTEQuantizer(12, 4, 9, temperature=0.1)
+    out = q(_features())
+    assert torch.equal(out.soft_onehot, straight_through_onehot(out.logits, 0.1))

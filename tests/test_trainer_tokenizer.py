@@ -3,6 +3,7 @@ the example script (one process in-process, two CPU processes through accelerate
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,8 +151,11 @@ def test_resume_gives_identical_losses_and_weights(tmp_path, image_dir):
     assert {"tokenizer", "tokenizer_online", "compact_ar", "discriminator", "optimizer.pt", "scheduler.pt",
             "discriminator_optimizer.pt", "discriminator_scheduler.pt", "rng_state.pth"} <= set(os.listdir(checkpoint))
 
-    resumed = _trainer(tmp_path, image_dir, "resumed", max_steps=10, save_steps=5)
-    resumed.train(resume_from_checkpoint=str(checkpoint))
+    # checkpoint-10 half written (killed before the discriminator): "last" means checkpoint-5, in the same folder
+    assert full.checkpoint_weight_dirs() == ("tokenizer", "tokenizer_online", "compact_ar", "discriminator")
+    shutil.rmtree(Path(full.args.output_dir) / "checkpoint-10" / "discriminator")
+    resumed = _trainer(tmp_path, image_dir, "full", max_steps=10, save_steps=5)
+    resumed.train(resume_from_checkpoint="last")
     a, b = _step_logs(full), _step_logs(resumed)
     assert sorted(b) == list(range(1, 11))
     for step in range(6, 11):  # steps after the checkpoint (16 images / 4 = 4 steps per epoch: mid-epoch resume)

@@ -36,7 +36,7 @@ from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerM
 from ..vocabulary import SEGMENTS, PrologueVocabulary
 from .ema import ModelEMA
 from .launch import accelerate_requested, check_distributed_launch
-from .losses import PrologueARLossOutput, prologue_ar_loss
+from .losses import prologue_ar_loss
 from .pretokenize import PretokenizedInfo
 from .recipe import EMA_DIR, SAMPLES_DIR, RecipeTrainerMixin, step_image_path, write_model_card
 
@@ -470,8 +470,6 @@ __all__ = [
     "PrologueARDataCollator",
     "PrologueARTrainingArguments",
     "PrologueARTrainer",
-    "PrologueARLossOutput",
     "PrologueARSampleGridCallback",
     "class_dropout_mask",
-    "prologue_ar_loss",
 ]
