@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -288,3 +291,27 @@ def test_layer_counts_come_from_the_config(tmp_path):
                                    full_tok.decode(ours.visual_ids).pixel_values, rtol=0, atol=0)
         sequence = full_ar.config.vocabulary.build_sequence([3, 7], ours.visual_ids, ours.prologue_ids)
         torch.testing.assert_close(small_ar(sequence).logits, full_ar(sequence).logits, rtol=0, atol=0)
+
+
+_FRESH_PROCESS_CHECK = r"""
+import sys, torch
+sys.modules["prologue_hf.conversion"] = None  # any import of the converter now fails
+from safetensors.torch import load_file
+from prologue_hf.pipelines import ProloguePipeline, SamplingParams
+for folder, fixture, preset in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    pipe = ProloguePipeline.from_pretrained(folder)
+    ref = load_file(fixture + "/sampling_outputs.safetensors")
+    out = pipe([3, 7], sampling=SamplingParams.from_preset(preset, top_k=1), output_type="pt", return_ids=True)
+    assert torch.equal(out.ids, ref["nocfg__ids"]), folder
+    print(type(pipe.tokenizer).__name__)
+"""
+
+
+def test_converted_pipeline_folders_load_in_a_fresh_process_without_the_converter(converted):
+    args = []
+    for name, (_, _, preset) in sorted(FAMILIES.items()):
+        args += [str(converted(name)[0]), str(FIXTURES / name), f"{preset}-nocfg"]
+    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_CHECK, *args], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [FAMILIES[name][1].__name__ for name in sorted(FAMILIES)]
