@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import CONFIG_NAME, ModelOutput, logging
@@ -306,7 +307,8 @@ class PrologueTokenizerPreTrainedModel(PreTrainedModel):
         ``config.json`` whose layer count was edited with randomly initialised layers, behind a warning table only.
         Here a local folder without ``config.json`` (and no ``config=`` given) is a ``FileNotFoundError`` naming the
         folder, and missing or unexpected weights are a ``RuntimeError`` naming them (weights of another shape are
-        already an error in transformers unless ``ignore_mismatched_sizes=True``).
+        already an error in transformers unless ``ignore_mismatched_sizes=True``). A truncated or corrupt
+        ``model.safetensors`` is an ``OSError`` naming the folder.
 
         Args:
             strict: ``False`` keeps transformers' behaviour: missing weights are initialised randomly, unexpected
@@ -321,7 +323,12 @@ class PrologueTokenizerPreTrainedModel(PreTrainedModel):
                 f"the file or pass config=... ({cls.config_class.__name__}) explicitly"
             )
         output_loading_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except SafetensorError as error:  # its message names neither the folder nor the file
+            raise OSError(f"a weights file in {folder} is truncated or corrupt: {error}") from error
         missing, unexpected = _compact_keys(info["missing_keys"]), _compact_keys(info["unexpected_keys"])
         if strict and (missing or unexpected):
             c = model.config
