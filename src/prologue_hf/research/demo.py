@@ -248,15 +248,81 @@ def _visual_nll_bits(ar, tokens, batch_size: int = 256) -> dict[str, float]:
     return {f"{k}_bits_per_token": totals[k] / counts[k] / math.log(2) for k in totals if counts[k]}
 
 
-def run_demo(config: DemoConfig) -> dict:
-    """Run the whole demo; returns the report values (also written to ``output_dir/report.json`` and ``report.md``)."""
-    from ..evaluation.reconstruction import psnr
-    from ..fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-    from ..image_grid import image_grid
-    from ..models import PrologueARForCausalLM, PrologueTokenizerModel
-    from ..pipelines import ProloguePipeline, SamplingParams
+def _pretokenize(tokenizer, tokenizer_dir: str, images_dir: str, tokens_dir: str, hflip: bool):
+    """Pretokenize a ``save_to_disk`` image folder (centre view, + mirror if ``hflip``: the images are centred)."""
     from ..training.image_data import load_image_dataset
     from ..training.pretokenize import PretokenizeConfig, load_pretokenized_dataset, pretokenize_dataset
+
+    pretokenize_dataset(
+        tokenizer,
+        load_image_dataset(images_dir),
+        PretokenizeConfig(output_dir=tokens_dir, crops="center", crop_range=1.0, hflip=hflip, overwrite=True),
+        tokenizer_name_or_path=tokenizer_dir,
+        process_index=0,
+        num_processes=1,
+    )
+    return load_pretokenized_dataset(tokens_dir)
+
+
+def _sample_grid(pipe, config: DemoConfig, path: str) -> None:
+    """One row per class, labelled with its name, plus one row that holds the first sample's prologue fixed and
+    resamples the visual tokens (paper Fig. 1)."""
+    from ..fashion_mnist import FASHION_MNIST_CLASSES
+    from ..image_grid import image_grid
+
+    generator = torch.Generator().manual_seed(config.seed)
+    common = dict(num_images_per_label=config.samples_per_class, generator=generator, output_type="uint8")
+    samples = pipe(list(range(len(FASHION_MNIST_CLASSES))), return_ids=True, **common)
+    rows, row_labels = [samples.images], list(FASHION_MNIST_CLASSES)
+    if pipe.tokenizer.config.num_prologue_tokens:
+        rows.append(pipe([0], prologue_ids=samples.prologue_ids[:1], **common).images)
+        row_labels.append(f"{FASHION_MNIST_CLASSES[0]}, fixed prologue")
+    image_grid(torch.cat(rows), rows=len(row_labels), labels=row_labels, scale=3).save(path)
+
+
+@torch.no_grad()
+def _reconstruction(tokenizer, test_pixels: torch.Tensor, grid_path: str) -> dict:
+    """Reconstruction L1 / PSNR and codebook usage on the test images ``[B, 3, S, S]`` in [-1, 1]; writes the grid of
+    the first 16 originals over their reconstructions."""
+    from ..evaluation.reconstruction import psnr
+    from ..image_grid import image_grid
+
+    encoded = [tokenizer.encode(chunk) for chunk in test_pixels.split(256)]
+    recon = torch.cat([tokenizer.decode(e.visual_ids).pixel_values for e in encoded])
+    show = torch.cat([tokenizer.postprocess(test_pixels[:16], "uint8"), tokenizer.postprocess(recon[:16], "uint8")])
+    image_grid(show, rows=2, labels=["original", "reconstruction"], scale=3).save(grid_path)
+    # scored on the decoder's float output in [0, 1], before uint8 rounding (evaluate_reconstruction scores the
+    # rounded images, as the paper's protocol does); kept so that the report stays comparable with docs/results.md
+    recon01, test01 = (recon.clamp(-1, 1) + 1) / 2, (test_pixels + 1) / 2
+    result = {
+        "reconstruction_l1": float((recon01 - test01).abs().mean()),
+        "reconstruction_psnr_db": float(psnr(recon01, test01, data_range=1.0).mean()),
+        "visual_codebook": tokenizer.codebook_usage(torch.cat([e.visual_ids for e in encoded]), "visual"),
+    }
+    if tokenizer.config.num_prologue_tokens:
+        result["prologue_codebook"] = tokenizer.codebook_usage(torch.cat([e.prologue_ids for e in encoded]), "prologue")
+    return result
+
+
+def _frechet_effnet(pipe, test_uint8: torch.Tensor, config: DemoConfig) -> dict:
+    """Fréchet distance between EfficientNet-Lite0 features of class-balanced samples and of as many test images
+    (the offline FD-EffNetLite0, never called FID)."""
+    from ..evaluation import EfficientNetLite0Features, extract_features, frechet_distance
+
+    per_class = max(1, min(config.fd_images, len(test_uint8)) // 10)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    samples = pipe(list(range(10)), num_images_per_label=per_class, generator=generator, output_type="uint8").images
+    extractor = EfficientNetLite0Features().eval()
+    real = extract_features(extractor, test_uint8[: per_class * 10].split(64), desc="test features")["features"]
+    fake = extract_features(extractor, samples.split(64), desc="sample features")["features"]
+    return {"value": frechet_distance(real, fake), "images_per_set": int(per_class * 10)}
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run the whole demo; returns the report values (also written to ``output_dir/report.json`` and ``report.md``)."""
+    from ..fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+    from ..models import PrologueARForCausalLM, PrologueTokenizerModel
+    from ..pipelines import ProloguePipeline, SamplingParams
 
     start = time.time()
     out = os.path.abspath(config.output_dir)
@@ -279,18 +345,8 @@ def run_demo(config: DemoConfig) -> dict:
 
     # 3. pretokenize train and test (centre view + mirror: the images are already centred)
     t = time.time()
-    tokens = {}
-    for split, folder in (("train", train_dir), ("test", test_dir)):
-        tokens_dir = os.path.join(out, "tokens", split)
-        pretokenize_dataset(
-            tokenizer,
-            load_image_dataset(folder),
-            PretokenizeConfig(output_dir=tokens_dir, crops="center", crop_range=1.0, hflip=split == "train", overwrite=True),
-            tokenizer_name_or_path=tokenizer_dir,
-            process_index=0,
-            num_processes=1,
-        )
-        tokens[split] = load_pretokenized_dataset(tokens_dir)
+    tokens = {split: _pretokenize(tokenizer, tokenizer_dir, folder, os.path.join(out, "tokens", split), split == "train")
+              for split, folder in (("train", train_dir), ("test", test_dir))}
     timings["pretokenize"] = time.time() - t
 
     # 4. stage 2: the AR on the frozen tokenizer's ids
@@ -308,52 +364,17 @@ def run_demo(config: DemoConfig) -> dict:
     pipe.set_progress_bar_config(disable=True)
 
     # 6. sample grid: one row per class, plus one row with the first sample's prologue held fixed (paper Fig. 1)
-    generator = torch.Generator().manual_seed(config.seed)
-    labels = list(range(10))
-    samples = pipe(labels, num_images_per_label=config.samples_per_class, generator=generator, output_type="uint8", return_ids=True)
-    rows, row_labels = [samples.images], list(FASHION_MNIST_CLASSES)
-    if tokenizer.config.num_prologue_tokens:
-        fixed = samples.prologue_ids[:1]
-        fixed_row = pipe([0], num_images_per_label=config.samples_per_class, prologue_ids=fixed, generator=generator, output_type="uint8")
-        rows.append(fixed_row.images)
-        row_labels.append(f"{FASHION_MNIST_CLASSES[0]}, fixed prologue")
-    image_grid(torch.cat(rows), rows=len(row_labels), labels=row_labels, scale=3).save(os.path.join(out, "samples.png"))
+    _sample_grid(pipe, config, os.path.join(out, "samples.png"))
 
     # 7. reconstruction grid and codebook usage on the test set
     test_pixels = PrologueTokenizerModel.preprocess([test_set[i]["image"] for i in range(len(test_set))])
-    with torch.no_grad():
-        encoded = [tokenizer.encode(chunk) for chunk in test_pixels.split(256)]
-        visual_ids = torch.cat([e.visual_ids for e in encoded])
-        recon = torch.cat([tokenizer.decode(e.visual_ids).pixel_values for e in encoded])
-    recon_uint8 = PrologueTokenizerModel.postprocess(recon, "uint8")
-    test_uint8 = PrologueTokenizerModel.postprocess(test_pixels, "uint8")
-    show = torch.cat([test_uint8[:16], recon_uint8[:16]])
-    image_grid(show, rows=2, labels=["original", "reconstruction"], scale=3).save(os.path.join(out, "reconstructions.png"))
-    # scored on the decoder's float output in [0, 1], before uint8 rounding (evaluate_reconstruction scores the
-    # rounded images, as the paper's protocol does); kept so that the report stays comparable with docs/results.md
-    recon01, test01 = (recon.clamp(-1, 1) + 1) / 2, (test_pixels + 1) / 2
-    report = {
-        "config": asdict(config),
-        "reconstruction_l1": float((recon01 - test01).abs().mean()),
-        "reconstruction_psnr_db": float(psnr(recon01, test01, data_range=1.0).mean()),
-        "visual_codebook": tokenizer.codebook_usage(visual_ids, "visual"),
-    }
-    if tokenizer.config.num_prologue_tokens:
-        prologue_ids = torch.cat([e.prologue_ids for e in encoded])
-        report["prologue_codebook"] = tokenizer.codebook_usage(prologue_ids, "prologue")
+    report = {"config": asdict(config), **_reconstruction(tokenizer, test_pixels, os.path.join(out, "reconstructions.png"))}
     report["test_nll"] = _visual_nll_bits(ar.eval(), tokens["test"])
 
     # 8. Fréchet distance on the offline EfficientNet-Lite0 features (never called FID)
     if config.fd_images:
-        from ..evaluation import EfficientNetLite0Features, extract_features, frechet_distance
-
-        n = min(config.fd_images, len(test_set))
-        per_class = max(1, n // 10)
-        fd_samples = pipe(labels, num_images_per_label=per_class, generator=torch.Generator().manual_seed(config.seed + 1), output_type="uint8").images
-        extractor = EfficientNetLite0Features().eval()
-        real = extract_features(extractor, test_uint8[: per_class * 10].split(64), desc="test features")["features"]
-        fake = extract_features(extractor, fd_samples.split(64), desc="sample features")["features"]
-        report["fd_effnet_lite0"] = {"value": frechet_distance(real, fake), "images_per_set": int(per_class * 10)}
+        test_uint8 = PrologueTokenizerModel.postprocess(test_pixels, "uint8")
+        report["fd_effnet_lite0"] = _frechet_effnet(pipe, test_uint8, config)
     timings["evaluate"] = time.time() - t
 
     # 9. curves and report
