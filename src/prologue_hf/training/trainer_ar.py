@@ -32,6 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..image_grid import image_grid
 from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerModel
 from ..vocabulary import SEGMENTS, PrologueVocabulary
 from .ema import ModelEMA
@@ -442,15 +443,12 @@ class PrologueARSampleGridCallback(TrainerCallback):
         return PrologueTokenizerModel.postprocess(pixels, "pil")
 
     def save_grid(self, model: PrologueARForCausalLM, path: str, is_main: bool = True) -> None:
-        from diffusers.utils import make_image_grid
-
+        """Sample (every process) and write a near-square PNG grid to ``path`` (main process; empty cells white)."""
         images = self.sample_images(model)
         if is_main:
-            cols = math.ceil(math.sqrt(len(images)))
-            rows = math.ceil(len(images) / cols)
-            images += [images[0].point(lambda _: 0)] * (rows * cols - len(images))  # black padding cells
+            rows = math.ceil(len(images) / math.ceil(math.sqrt(len(images))))
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            make_image_grid(images, rows=rows, cols=cols).save(path)
+            image_grid(images, rows=rows, gap=0).save(path)
             self.saved.append(path)
 
     def _maybe_save(self, args, state, model) -> None:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
-import PIL.Image
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_wsd_schedule
 from transformers.trainer_utils import SaveStrategy
 from transformers.utils import logging
 
+from ..image_grid import image_grid
 from ..models.configuration_prologue_tokenizer import PrologueTokenizerConfig
 from ..models.discriminator import PrologueDiscriminator, PrologueDiscriminatorConfig
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
@@ -431,12 +430,10 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
             model.eval()
             rows.append(model.decode(model.encode(images).visual_ids).pixel_values.float())
             model.train(was_training)
-        grid = torch.cat([PrologueTokenizerModel.postprocess(r, "uint8").cpu() for r in rows], dim=0)  # [R*n, C, H, W]
-        n, (c, h, w) = images.shape[0], images.shape[1:]
-        grid = grid.view(len(rows), n, c, h, w).permute(0, 3, 1, 4, 2).reshape(len(rows) * h, n * w, c).numpy()
+        tiles = torch.cat([PrologueTokenizerModel.postprocess(r, "uint8").cpu() for r in rows], dim=0)  # [R*n, C, H, W]
         path = path or step_image_path(self.args.output_dir, RECONSTRUCTIONS_DIR, self.state.global_step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        PIL.Image.fromarray(np.ascontiguousarray(grid.squeeze(-1) if c == 1 else grid)).save(path)
+        image_grid(tiles, rows=len(rows), gap=0).save(path)
         logger.info(f"reconstruction grid written to {path}")
         return path
 
