@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from ..training.image_data import ImageTrainingCollator, ImageTransform, load_image_dataset, prepare_image_dataset
+from ..training.image_data import (
+    ImageTrainingCollator,
+    ImageTransform,
+    load_image_dataset,
+    prepare_image_dataset,
+)
 
 
 def evaluation_dataloader(

@@ -279,6 +279,16 @@ def _features(extractor: nn.Module, images, batch_size: int, desc: str) -> dict[
 
 
 @torch.no_grad()
+def _npz_statistics(reference: str | os.PathLike | np.ndarray) -> dict[str, np.ndarray]:
+    """FID reference ``mu`` / ``sigma`` stored in an ADM reference ``.npz`` (TF-Inception statistics)."""
+    if not isinstance(reference, (str, os.PathLike)):
+        raise ValueError("use_reference_statistics needs the reference as an .npz path")
+    mu, sigma = load_npz_array(reference, "mu"), load_npz_array(reference, "sigma")
+    if mu is None or sigma is None:
+        raise ValueError(f"{reference} has no 'mu' / 'sigma' arrays; set use_reference_statistics=False")
+    return {"mu": mu, "sigma": sigma}
+
+
 def compute_generation_metrics(
     samples: str | os.PathLike | np.ndarray,
     reference: str | os.PathLike | np.ndarray,
@@ -335,15 +345,7 @@ def compute_generation_metrics(
         need_ref_features = "precision_recall" in metrics or ("fid" in metrics and not use_reference_statistics)
         ref = _features(inception, reference, batch_size, "InceptionV3 (reference)") if need_ref_features else None
         if "fid" in metrics:
-            if use_reference_statistics:
-                if not isinstance(reference, (str, os.PathLike)):
-                    raise ValueError("use_reference_statistics needs the reference as an .npz path")
-                mu, sigma = load_npz_array(reference, "mu"), load_npz_array(reference, "sigma")
-                if mu is None or sigma is None:
-                    raise ValueError(f"{reference} has no 'mu' / 'sigma' arrays; set use_reference_statistics=False")
-                ref_stats = {"mu": mu, "sigma": sigma}
-            else:
-                ref_stats = feature_statistics(ref["features"])
+            ref_stats = _npz_statistics(reference) if use_reference_statistics else feature_statistics(ref["features"])
             results["fid"] = frechet_distance_from_statistics(feature_statistics(gen["features"]), ref_stats)
         if "precision_recall" in metrics:
             # torch-fidelity's convention: features_1 generated, features_2 real; batched distances (bounded memory)

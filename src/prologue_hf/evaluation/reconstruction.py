@@ -95,6 +95,14 @@ def _pixel_values(batch) -> torch.Tensor:
     return batch.float()
 
 
+def _mean_finite_psnr(values: torch.Tensor) -> float:
+    """Mean PSNR over the images not reconstructed exactly (``inf``), with a warning naming how many were left out."""
+    finite = values[torch.isfinite(values)]
+    if len(finite) < len(values):
+        logger.warning(f"{len(values) - len(finite)} images were reconstructed exactly (PSNR = inf); excluded")
+    return float(finite.mean()) if len(finite) else float("inf")
+
+
 @torch.no_grad()
 def evaluate_reconstruction(
     tokenizer: PrologueTokenizerModel,
@@ -171,13 +179,9 @@ def evaluate_reconstruction(
     usage = {"visual": tokenizer.codebook_usage(torch.cat(visual_ids), "visual")}
     if prologue_ids:
         usage["prologue"] = tokenizer.codebook_usage(torch.cat(prologue_ids), "prologue")
-    psnr_values = torch.cat(psnrs)
-    finite = psnr_values[torch.isfinite(psnr_values)]
-    if len(finite) < len(psnr_values):
-        logger.warning(f"{len(psnr_values) - len(finite)} images were reconstructed exactly (PSNR = inf); excluded")
     return ReconstructionResults(
         num_images=seen,
-        psnr=float(finite.mean()) if len(finite) else float("inf"),
+        psnr=_mean_finite_psnr(torch.cat(psnrs)),
         ssim=float(torch.cat(ssims).mean()) if ssims else None,
         frechet=frechet,
         codebook_usage=usage,
