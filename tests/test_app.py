@@ -12,7 +12,13 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from prologue_hf.evaluation.reconstruction import psnr  # noqa: E402
-from prologue_hf.pipelines import SAMPLING_PRESETS, GuidanceSchedule, ProloguePipeline, SamplingParams  # noqa: E402
+from prologue_hf.pipelines import (  # noqa: E402
+    SAMPLING_PRESETS,
+    GuidanceSchedule,
+    ProloguePipeline,
+    SamplingParams,
+    generate_ids,
+)
 from prologue_hf.research import app as demo_app  # noqa: E402
 from prologue_hf.research.analysis import attention_maps, prologue_heatmaps  # noqa: E402
 from prologue_hf.research.app import AppInputError  # noqa: E402
@@ -117,15 +123,20 @@ def test_presets_and_controls():
 
 
 @pytest.mark.parametrize("preset", sorted(SAMPLING_PRESETS))
-def test_controls_reproduce_every_preset(preset):
-    """Choosing a preset fills the controls; 'custom' with those values samples the same per-step plan (K = 4, and
-    K = 0 for the global-mode baselines, which the controls show on the visual segment)."""
+def test_controls_reproduce_every_preset(preset, pipe, pipe_without_prologue):
+    """Choosing a preset fills the controls; 'custom' with those values samples exactly as the preset: the same
+    guided, tempered logits at every step and the same ids (K = 4; K = 0 for the global-mode baselines, which the
+    controls show on the visual segment)."""
     params = SAMPLING_PRESETS[preset]
     custom = demo_app.sampling_from_controls(demo_app.CUSTOM, demo_app.sampling_controls(params))
-    k = 0 if params.guidance is not None else K
-    total = k + (1 if k else 0) + N
-    assert custom.guidance_weights(k, total) == pytest.approx(params.guidance_weights(k, total))
-    assert custom.step_settings(k, total) == params.step_settings(k, total)
+    ar = (pipe_without_prologue if params.guidance is not None else pipe).ar
+    labels = torch.tensor([1, 4])
+    runs = [
+        generate_ids(ar, labels, sampling, generator=torch.Generator().manual_seed(0), return_step_logits=True)
+        for sampling in (params, custom)
+    ]
+    assert torch.equal(runs[0].ids, runs[1].ids)
+    assert torch.allclose(runs[0].step_logits, runs[1].step_logits, atol=1e-5)
 
 
 def test_custom_controls_are_read_and_checked():
@@ -142,8 +153,7 @@ def test_custom_controls_are_read_and_checked():
         top_k=5,
         top_p=0.95,
     )
-    # scale 0 switches the visual segment's guidance off; the prologue ramps 0 -> 1.5 over its K steps
-    assert params.guidance_weights(K, K + 1 + N) == [0.0, 0.375, 0.75, 1.125] + [None] * (N + 1)
+    assert not params.visual_guidance.enabled  # scale 0 = no visual guidance
     with pytest.raises(AppInputError, match="custom sampling: temperature must be a finite number > 0"):
         demo_app.sampling_from_controls(demo_app.CUSTOM, {**controls, "temperature": 0.0})
     with pytest.raises(AppInputError, match="top-k must be a whole number"):

@@ -528,7 +528,7 @@ def prologue_attention(pipeline: ProloguePipeline, draw: Draw | None, index) -> 
             Path(folder) / "attention.png",
             image=image,
             columns=8 if k <= 32 else 16,
-            title=f"image #{index}: attention of its visual tokens to each prologue token",
+            title=f"image #{index}",
         )
         with PIL.Image.open(path) as figure:
             return figure.convert("RGB")
@@ -554,8 +554,10 @@ def gallery_items(draw: Draw) -> list[tuple[PIL.Image.Image, str]]:
 
 
 # --------------------------------------------------------------------------------------------- the Gradio app
+# small images (32px for the demo pipeline) are shown enlarged with sharp pixels instead of a blur
 APP_CSS = """
 #gallery img, #variations img, #reconstruction img, #upload img { image-rendering: pixelated; }
+#reconstruction img, #upload img { width: 100%; height: 100%; object-fit: contain; }
 """
 
 
@@ -649,7 +651,7 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
             with gr.Column(scale=2):
                 message = gr.Markdown("Choose a class and press **Resample all**.", elem_id="message")
                 gallery = gr.Gallery(
-                    label="samples", columns=4, height="auto", format="png", elem_id="gallery", object_fit="contain"
+                    label="samples", columns=4, fit_columns=False, height=320, format="png", elem_id="gallery", object_fit="contain"
                 )
                 prologue_box = gr.Textbox(
                     label="prologue ids (one line per image; edit or paste, then Resample visual)",
@@ -669,9 +671,13 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
                 )
         with gr.Accordion("Your image: reconstruction, prologue ids and variations", open=True):
             with gr.Row():
-                upload = gr.Image(label="upload (any size; resized)", type="pil", sources=["upload", "clipboard"], elem_id="upload")
+                upload = gr.Image(
+                    label="upload (any size; resized)", type="pil", sources=["upload", "clipboard"], height=256,
+                    elem_id="upload",
+                )
                 reconstruction = gr.Image(
-                    label="tokenizer reconstruction", type="pil", format="png", interactive=False, elem_id="reconstruction"
+                    label="tokenizer reconstruction", type="pil", format="png", interactive=False, height=256,
+                    elem_id="reconstruction",
                 )
                 with gr.Column():
                     upload_message = gr.Markdown("Upload an image to tokenize it.", elem_id="upload-message")
@@ -679,7 +685,10 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
                     variations_button = gr.Button(
                         "Variations (its prologue, the chosen class)", interactive=has_prologue, elem_id="variations-button"
                     )
-            variations = gr.Gallery(label="variations", columns=8, height="auto", format="png", elem_id="variations")
+            variations = gr.Gallery(
+                label="variations", columns=8, fit_columns=False, height=220, format="png", elem_id="variations",
+                object_fit="contain",
+            )
 
         # -------------------------------------------------------------- events
         @failing_as_message
