@@ -24,7 +24,7 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from prologue_hf import PrologueARConfig, ProloguePostConfig, PrologueTokenizerConfig, PrologueTokenizerModel
-from prologue_hf.models.modeling_prologue_tokenizer import PIXEL_RANGE_TOLERANCE
+from prologue_hf.models.modeling_prologue_tokenizer import PIXEL_RANGE_TOLERANCE, check_pixel_range
 from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
 from prologue_hf.testing import TINY_TOKENIZER_KWARGS, tiny_pipeline, tiny_tokenizer
 from prologue_hf.testing_post import tiny_post_model
@@ -439,3 +439,16 @@ def test_real_valued_config_fields_take_ints_and_store_floats():
     assert written_as_int.to_json_string() == written_as_float.to_json_string()
     assert isinstance(PrologueARConfig(embedding_dropout=0).embedding_dropout, float)
     assert isinstance(ProloguePostConfig(prologue_temperature=1).prologue_temperature, float)
+
+
+def test_the_accelerator_path_of_the_pixel_check_is_the_same_rule():
+    """Off the CPU, encode queues a device-side assertion instead of reading the extremes on the host; on CPU
+    tensors that assertion raises at once, so its rule is checked here against the host path's."""
+    good = _images()
+    check_pixel_range(good, synchronize=False)
+    check_pixel_range(torch.full((1, 3, 2, 2), -1.0 - PIXEL_RANGE_TOLERANCE), synchronize=False)
+    for bad in (good * 127.5 + 127.5, good.index_fill(0, torch.tensor([0]), float("nan")), torch.full((1, 1), 1.26)):
+        with pytest.raises(ValueError):
+            check_pixel_range(bad)
+        with pytest.raises(RuntimeError, match=r"pixel_values must be finite and lie in \[-1, 1\] \(\+-0\.25\)"):
+            check_pixel_range(bad, synchronize=False)
