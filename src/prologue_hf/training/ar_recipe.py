@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import torch
 from transformers import AutoModel, set_seed
 from transformers.utils import logging
 
 from ..models import AR_PRESETS, PrologueARConfig, PrologueARForCausalLM
 from .cli import parse_config_and_args
 from .pretokenize import PretokenizedInfo, load_pretokenized_dataset
-from .recipe import EMA_DIR
+from .recipe import train_save_push
 from .trainer_ar import PrologueARSampleGridCallback, PrologueARTrainer, PrologueARTrainingArguments
 
 logger = logging.get_logger(__name__)
@@ -149,14 +148,7 @@ def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTr
         image_tokenizer=tokenizer,
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)  # a folder or last / latest / true
-    trainer.save_model(training_args.output_dir)
-    if trainer.ema is not None:
-        trainer.save_ema_model(os.path.join(training_args.output_dir, EMA_DIR))
-    if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="Prologue stage-2 AR")
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        trainer.accelerator.wait_for_everyone()
+    train_save_push(trainer, training_args, commit_message="Prologue stage-2 AR")  # EMA weights to <output_dir>/ema
     return trainer
 
 

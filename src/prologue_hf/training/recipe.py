@@ -13,6 +13,7 @@ with :mod:`.ar_recipe`) and Prologue-Post (:mod:`.trainer_post`).
 * **Output folders.** The sub-folder names below, and :func:`step_image_path` for the PNGs written during training.
 * **Model cards.** :func:`write_model_card`, the one README writer of the three recipes.
 * **Overrides.** :func:`json_overrides` reads the ``*_overrides`` JSON arguments of the recipes.
+* **The end of a run.** :func:`train_save_push`: train (resuming as asked), save, push, in that order for all three.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ class RecipeTrainerMixin:
     def restore_extra_state(self, checkpoint: str) -> None:
         """Load what the Trainer does not (e.g. EMA weights) from ``checkpoint`` before it resumes (default: nothing)."""
 
+    def save_extra_outputs(self, output_dir: str) -> None:
+        """Write what ``save_model`` does not to the final ``output_dir`` (e.g. EMA weights; default: nothing)."""
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """``Trainer.train``, resuming from ``resume_from_checkpoint`` as :func:`resolve_resume_checkpoint` reads it."""
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.checkpoint_weight_dirs())
@@ -167,6 +171,20 @@ class RecipeTrainerMixin:
             logger.info(f"resuming from {checkpoint}")
             self.restore_extra_state(checkpoint)
         return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+
+
+def train_save_push(trainer: RecipeTrainerMixin, training_args: Any, commit_message: str) -> None:
+    """The end of every recipe: ``trainer.train`` resuming from ``training_args.resume_from_checkpoint`` (a folder,
+    or ``last`` / ``latest`` / ``true``), ``save_model`` to ``output_dir`` plus the trainer's extra outputs, the Hub
+    push when ``push_to_hub`` is set (its README is the recipe's model card), then a barrier so no process exits while
+    another still writes."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.args.should_save:
+        trainer.save_extra_outputs(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message=commit_message)
+    trainer.accelerator.wait_for_everyone()
 
 
 # ============================================================================================ models and data
@@ -244,5 +262,6 @@ __all__ = [
     "resolve_resume_checkpoint",
     "seeded_image_collator",
     "step_image_path",
+    "train_save_push",
     "write_model_card",
 ]

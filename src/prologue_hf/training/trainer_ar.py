@@ -349,6 +349,11 @@ class PrologueARTrainer(RecipeTrainerMixin, Trainer):
         saved = type(self.ema.model).from_pretrained(os.path.join(checkpoint, EMA_DIR))
         self.ema.load_state_dict(saved.state_dict())
 
+    def save_extra_outputs(self, output_dir: str) -> None:
+        """The EMA weights, when on, to ``<output_dir>/ema`` (beside the online weights of ``save_model``)."""
+        if self.ema is not None:
+            self.save_ema_model(os.path.join(output_dir, EMA_DIR))
+
     def save_ema_model(self, output_dir: str) -> None:
         """``save_pretrained`` of the EMA model (main process only)."""
         if self.ema is None:

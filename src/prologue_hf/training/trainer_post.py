@@ -31,7 +31,7 @@ from transformers.utils import logging
 from ..models.modeling_prologue_post import ProloguePostModel
 from ..models.visual_tokenizers import VISUAL_TOKENIZER_ADAPTERS, VisualTokenizerAdapter, detect_adapter_type
 from .image_data import ImageDataArguments, load_training_images
-from .recipe import TOKENIZER_DIR, build_compact_ar, json_overrides, seeded_image_collator
+from .recipe import TOKENIZER_DIR, build_compact_ar, json_overrides, seeded_image_collator, train_save_push
 from .stage1_model import ProloguePostLossConfig, ProloguePostStage1Model
 from .trainer_tokenizer import PrologueTokenizerTrainer, PrologueTokenizerTrainingArguments
 
@@ -195,10 +195,7 @@ def train_post(
     )
     collator = seeded_image_collator(post.config.image_size, data_args, training_args.data_seed or training_args.seed)
     trainer = ProloguePostTrainer(model, training_args, train_dataset=dataset, data_collator=collator)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    train_save_push(trainer, training_args, commit_message="Prologue-Post prologue tokenizer")
     return trainer
 
 

@@ -50,6 +50,7 @@ from .recipe import (
     json_overrides,
     seeded_image_collator,
     step_image_path,
+    train_save_push,
     write_model_card,
 )
 from .stage1_model import PrologueStage1Model
@@ -518,10 +519,7 @@ def train_tokenizer(
     model = build_stage1_model(model_args, loss_config)
     collator = seeded_image_collator(model.tokenizer.config.image_size, data_args, training_args.data_seed or training_args.seed)
     trainer = PrologueTokenizerTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    train_save_push(trainer, training_args, commit_message="Prologue stage-1 tokenizer")
     return trainer
 
 
