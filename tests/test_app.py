@@ -326,6 +326,40 @@ def test_prologue_attention_draws_the_heatmaps(pipe, monkeypatch):
         demo_app.prologue_attention(pipe, None, 0)
 
 
+# --------------------------------------------------------------------------------------------- converted checkpoints
+@pytest.mark.parametrize(
+    "fixture", ["official-prologue-tiny", "official-2d-tiny", "official-1d-tiny", "official-post-tiny", "official-onestage-tiny"]
+)
+def test_converted_official_checkpoints_work_the_same_way(fixture, official_fixture, load_example, tmp_path):
+    """A folder written by examples/convert_official_checkpoint.py from the authors' checkpoints: every function of
+    the app runs on it; the ones that need prologue tokens or a visual grid say so when the family has none."""
+    source, out = official_fixture(fixture), tmp_path / "converted"
+    argv = ["--config", str(source / "config.yaml"), "--tokenizer-dir", str(source / "tokenizer"), "--output-dir", str(out)]
+    if (source / "ar").is_dir():  # OneStage keeps its AR inside the tokenizer checkpoint
+        argv += ["--ar-dir", str(source / "ar")]
+    load_example("convert_official_checkpoint").main(argv)
+    converted = demo_app.load_pipeline(out, device="cpu")
+    config, vocab = converted.tokenizer.config, converted.ar.config.vocabulary
+    size, channels = config.image_size, config.num_channels
+    name = demo_app.class_names(converted)[1]
+    draw = demo_app.resample_all(converted, name, 2, 0, "pipeline default")
+    assert draw.images.shape == (2, size, size, channels) and draw.class_id == 1
+    encoded = demo_app.encode_image(converted, PIL.Image.new("RGB", (size + 9, size + 3), (30, 160, 90)))
+    assert encoded.image.size == (size, size) and encoded.resized
+    assert encoded.visual_ids.shape == (1, vocab.num_visual_tokens)
+    if not vocab.has_prologue:
+        assert draw.prologue_ids is None and encoded.prologue_ids is None
+        with pytest.raises(AppInputError, match="no prologue tokens"):
+            demo_app.resample_visual(converted, name, "0", 2, 1)
+        return
+    kept = demo_app.resample_visual(converted, name, demo_app.format_prologue_ids(draw.prologue_ids), 2, 1)
+    assert torch.equal(kept.prologue_ids, draw.prologue_ids)
+    variations = demo_app.image_variations(converted, encoded, name, 2, 1)
+    assert variations.prologue_ids.tolist() == encoded.prologue_ids.tolist() * 2
+    figure = demo_app.prologue_attention(converted, draw, 1)
+    assert figure.mode == "RGB" and np.array(figure).std() > 10
+
+
 # --------------------------------------------------------------------------------------------- the running app
 class _ConnectionLog:
     """Every host a socket of this process connects to or looks up while the app runs."""
