@@ -37,7 +37,7 @@ from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerM
 from ..vocabulary import SEGMENTS, PrologueVocabulary
 from .ema import ModelEMA
 from .launch import accelerate_requested, check_distributed_launch
-from .losses import prologue_ar_loss
+from .losses import prepare_class_labels, prologue_ar_loss
 from .pretokenize import PretokenizedInfo
 from .recipe import EMA_DIR, SAMPLES_DIR, RecipeTrainerMixin, step_image_path, write_model_card
 
@@ -67,7 +67,7 @@ class PrologueARDataCollator:
             raise ValueError("features is empty")
         vocab = self.vocabulary
         labels = torch.as_tensor(np.asarray([int(f["label"]) for f in features], dtype=np.int64))
-        labels = torch.where(labels < 0, torch.full_like(labels, vocab.num_classes), labels)
+        labels = prepare_class_labels(labels, len(features), vocab.num_classes, drop_prob=0.0, device="cpu")  # -1: null
         visual = torch.from_numpy(np.stack([np.asarray(f["visual_ids"]) for f in features]).astype(np.int64))
         vocab.check_visual_ids(visual)
         vocab.class_token_ids(labels)  # range check of the labels
