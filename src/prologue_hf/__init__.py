@@ -53,9 +53,8 @@ _LAZY = {
     ),
     **dict.fromkeys(["PrologueARTrainer", "PrologueARTrainingArguments"], "training.trainer_ar"),
     **dict.fromkeys(["pretokenize_dataset", "load_pretokenized_dataset"], "training.pretokenize"),
-    **dict.fromkeys(
-        ["ProloguePostTrainer", "ProloguePostStage1Model", "ProloguePostLossConfig"], "training.trainer_post"
-    ),
+    "ProloguePostTrainer": "training.trainer_post",
+    **dict.fromkeys(["ProloguePostStage1Model", "ProloguePostLossConfig"], "training.stage1_model"),
     "load_visual_tokenizer": "models.visual_tokenizers",
     **dict.fromkeys(["convert_official_checkpoint", "save_official_ar"], "conversion"),
     **dict.fromkeys(
