@@ -27,7 +27,7 @@ import numpy as np
 
 from ...identity import config_hash, tokenizer_identity
 from ...models import PrologueARConfig, PrologueTokenizerModel
-from ...vocabulary import ar_vocabulary_fields, check_compatible
+from ...vocabulary import PrologueVocabulary, ar_vocabulary_fields, check_compatible
 
 PRETOKENIZED_INFO_FILE = "prologue_pretokenized.json"
 PRETOKENIZED_FORMAT = "prologue-pretokenized"
@@ -89,16 +89,17 @@ class PretokenizedInfo:
         """Info whose tokenizer fields come from ``tokenizer`` (``identity`` defaults to its
         :func:`tokenizer_identity`; ``kwargs`` fill the rest)."""
         config = tokenizer.config
+        vocab = PrologueVocabulary.from_tokenizer_config(config, num_classes=1)  # V, P, K, N (classes are the data's)
         return cls(
             tokenizer_identity=identity or tokenizer_identity(tokenizer),
             tokenizer_config_hash=config_hash(config),
             tokenizer_name_or_path=name_or_path if name_or_path is not None else (config.name_or_path or None),
-            visual_vocab_size=config.visual_codebook_size,
-            prologue_vocab_size=config.prologue_codebook_size if config.num_prologue_tokens else 0,
-            num_prologue_tokens=config.num_prologue_tokens,
-            num_visual_tokens=config.num_visual_tokens,
+            visual_vocab_size=vocab.visual_vocab_size,
+            prologue_vocab_size=vocab.prologue_vocab_size if vocab.has_prologue else 0,  # K = 0: no prologue ids
+            num_prologue_tokens=vocab.num_prologue_tokens,
+            num_visual_tokens=vocab.num_visual_tokens,
             image_size=config.image_size,
-            ids_dtype=ids_dtype(max(config.visual_codebook_size, config.prologue_codebook_size)),
+            ids_dtype=ids_dtype(max(vocab.visual_vocab_size, vocab.prologue_vocab_size)),
             **kwargs,
         )
 
