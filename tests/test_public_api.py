@@ -86,6 +86,20 @@ def test_renamed_modules_import_from_their_new_path_only():
             importlib.import_module(old)
 
 
+def test_names_moved_between_modules_import_from_their_new_home_only():
+    rows = re.findall(
+        r"^\| `from (prologue_hf\.[\w.]+) import (\w+)` \| `from ([\w.]+) import (\w+)`", _section("Moved"), re.M
+    )
+    assert len(rows) >= 5
+    for old_module, old_name, new_module, new_name in rows:
+        assert getattr(importlib.import_module(new_module), new_name) is not None, (new_module, new_name)
+        try:
+            old = importlib.import_module(old_module)
+        except ModuleNotFoundError:
+            continue
+        assert not hasattr(old, old_name), f"{old_module}.{old_name} still exists: the Moved table is wrong"
+
+
 def test_the_library_never_imports_research():
     package = Path(prologue_hf.__file__).resolve().parent
     offenders = []
