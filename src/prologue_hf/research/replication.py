@@ -106,7 +106,7 @@ def sampling_sweep(num_prologue_tokens: int, visual_scales: list, prologue_scale
     """``{name: SamplingParams}``: ``"none"`` (no guidance) and one segmented run per visual scale; Prologue models
     also guide the prologue segment with ``prologue_scale`` (paper Table A5 uses 0.7 with a cosine visual ramp;
     here both segments are constant so the baseline and Prologue share one visual schedule)."""
-    from ..pipelines.sampling import GuidanceSchedule, SamplingParams
+    from ..pipelines import GuidanceSchedule, SamplingParams
 
     sweep = {"none": SamplingParams()}
     for scale in visual_scales:
@@ -121,6 +121,61 @@ def _images_uint8(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return stack_images(dataset["image"]), torch.as_tensor(dataset["label"]).long()
 
 
+def _fd_sweep(
+    config: ReplicationConfig, pipe, k: int, seed: int, reference_features: torch.Tensor, extractor, variant_name: str
+) -> dict:
+    """FD-EffNetLite0 without guidance and over the CFG sweep, one generator seed for every sampling setting."""
+    from ..evaluation import extract_features, frechet_distance
+
+    fd = {}
+    for name, params in sampling_sweep(k, config.visual_scales, config.prologue_scale).items():
+        generator = torch.Generator().manual_seed(1000 + seed)
+        images = pipe(
+            list(range(10)), num_images_per_label=config.fd_images_per_class, generator=generator, sampling=params,
+            output_type="uint8",
+        ).images
+        features = extract_features(extractor, images.split(64), desc=f"features {name}")["features"]
+        fd[name] = frechet_distance(reference_features, features)
+        logger.info("%s seed %d: FD-EffNetLite0 %s = %.3f", variant_name, seed, name, fd[name])
+    guided = {name: value for name, value in fd.items() if name != "none"}
+    best = min(guided, key=guided.get)
+    return {
+        "fd_by_sampling": fd,
+        "fd_no_cfg": fd["none"],
+        "fd_best_cfg": guided[best],
+        "best_visual_scale": float(best.split("_", 1)[1]),
+    }
+
+
+def _linear_probes(config: ReplicationConfig, tokenizer, run_dir: str, k: int, seed: int) -> dict:
+    """Linear probe (paper Table 4), train split -> test split: pooled prologue tokens for Prologue, the first
+    ``probe_tokens`` visual tokens (raster order) for the 2D baseline; on the quantised codes and on the encoder's
+    hidden states."""
+    import datasets
+
+    from ..evaluation import extract_probe_features, train_linear_probe
+
+    train_images, train_labels = _images_uint8(datasets.load_from_disk(os.path.join(run_dir, "data", "train")))
+    test_images, test_labels = _images_uint8(datasets.load_from_disk(os.path.join(run_dir, "data", "test")))
+    source = "prologue" if k else "visual"
+    num_tokens = None if k else config.probe_tokens
+    metrics = {}
+    for key, representation in (("probe_top1", "quantized"), ("probe_hidden_top1", "hidden")):
+        feats = [
+            extract_probe_features(
+                tokenizer, zip(images.split(256), labels.split(256)), source, num_tokens, representation
+            )[0]
+            for images, labels in ((train_images, train_labels), (test_images, test_labels))
+        ]
+        result = train_linear_probe(
+            feats[0], train_labels, feats[1], test_labels, num_classes=10, epochs=config.probe_epochs, seed=seed
+        )
+        metrics[key] = result.top1
+        metrics[key.replace("top1", "train_top1")] = result.train_top1
+    metrics["probe_feature"] = f"{source} x{k or config.probe_tokens}"
+    return metrics
+
+
 def evaluate_run(
     config: ReplicationConfig,
     variant: dict,
@@ -129,9 +184,6 @@ def evaluate_run(
     extractor: torch.nn.Module,
 ) -> dict:
     """Train one (variant, seed) through ``run_demo`` and score it; returns (and caches) the run's metrics."""
-    import datasets
-
-    from ..evaluation import extract_features, extract_probe_features, frechet_distance, train_linear_probe
     from ..pipelines import ProloguePipeline
     from .demo import run_demo
 
@@ -168,45 +220,8 @@ def evaluate_run(
         "train_seconds": train_time,
     }
 
-    # FD-EffNetLite0 without guidance and over the CFG sweep, same seed for every sampling setting
-    fd = {}
-    labels = list(range(10))
-    for name, params in sampling_sweep(k, config.visual_scales, config.prologue_scale).items():
-        generator = torch.Generator().manual_seed(1000 + seed)
-        images = pipe(
-            labels, num_images_per_label=config.fd_images_per_class, generator=generator, sampling=params, output_type="uint8"
-        ).images
-        features = extract_features(extractor, images.split(64), desc=f"features {name}")["features"]
-        fd[name] = frechet_distance(reference_features, features)
-        logger.info("%s seed %d: FD-EffNetLite0 %s = %.3f", variant["name"], seed, name, fd[name])
-    guided = {name: value for name, value in fd.items() if name != "none"}
-    best = min(guided, key=guided.get)
-    metrics.update(
-        fd_by_sampling=fd,
-        fd_no_cfg=fd["none"],
-        fd_best_cfg=guided[best],
-        best_visual_scale=float(best.split("_", 1)[1]),
-    )
-
-    # linear probe (paper Table 4): pooled prologue tokens for Prologue, the first `probe_tokens` visual tokens
-    # (raster order) for the 2D baseline; train split -> test split
-    train_images, train_labels = _images_uint8(datasets.load_from_disk(os.path.join(run_dir, "data", "train")))
-    test_images, test_labels = _images_uint8(datasets.load_from_disk(os.path.join(run_dir, "data", "test")))
-    source = "prologue" if k else "visual"
-    num_tokens = None if k else config.probe_tokens
-    for key, representation in (("probe_top1", "quantized"), ("probe_hidden_top1", "hidden")):
-        feats = [
-            extract_probe_features(
-                tokenizer, zip(images.split(256), labels.split(256)), source, num_tokens, representation
-            )[0]
-            for images, labels in ((train_images, train_labels), (test_images, test_labels))
-        ]
-        result = train_linear_probe(
-            feats[0], train_labels, feats[1], test_labels, num_classes=10, epochs=config.probe_epochs, seed=seed
-        )
-        metrics[key] = result.top1
-        metrics[key.replace("top1", "train_top1")] = result.train_top1
-    metrics["probe_feature"] = f"{source} x{k or config.probe_tokens}"
+    metrics.update(_fd_sweep(config, pipe, k, seed, reference_features, extractor, variant["name"]))
+    metrics.update(_linear_probes(config, tokenizer, run_dir, k, seed))
     metrics["run_seconds"] = time.time() - start
     with open(cached, "w") as handle:
         json.dump(metrics, handle, indent=2)
