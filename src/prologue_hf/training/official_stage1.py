@@ -1,0 +1,391 @@
+"""Stage 1 as the official trainer runs it (``training_mode="official"``): two global steps per batch.
+
+One iteration of the official ``train_tokenizer.py`` loop (phases ``DO_L1-DO_GAN_G-DO_PRIOR_ENC,DO_GAN_D-DO_PRIOR_AR``)
+is, on one batch (facts read from the official code; README of ``tests/fixtures/official-prologue-stage1-step``):
+
+1. **Encoder + decoder step**, the AR frozen (``requires_grad=False``, eval mode). Class drop (``torch.rand([B, 1])
+   < label_drop_prob`` -> null class), encoder, decoder on the straight-through visual codes, visual dropout
+   (``torch.rand(B) < prior_visual_dropout``: the AR *inputs* of the visual positions become EOS), the AR on
+   ``[BOS = class, p~ @ W_prologue, EOS, visual]`` (Prob-STE one-hots carry the gradient into the encoder).
+   ``loss = l1 + vqloss + lambda_s (CE_prologue + CE_eos) + lambda_v CE_visual`` with each CE part summed over its
+   positions, averaged over the batch and divided by the full length ``T``; ``vqloss`` = visual VQ loss (with
+   gradient) + ``0.05 *`` visual entropy + prologue quantizer and entropy terms, the last three **detached** but
+   added to the logged value. AdamW steps of encoder, then decoder; their EMAs.
+2. **AR step**, encoder and decoder frozen: **no encoder forward**; the ids of step 1 (computed before the encoder
+   update), the same class labels, a **new** visual-dropout mask, plain id lookups, ``loss = CE`` unweighted. AdamW
+   step of the AR (two groups: weight decay for tensors of rank >= 2 whose official name has no ``bias``, ``norm``,
+   ``adaln``); its EMA.
+
+No gradient clipping. The models carry the official gate/norm parameterisation
+(:mod:`~prologue_hf.training.official_parametrization`); the optimizer groups are built from the official names.
+Every random draw can be injected (``label_drop_mask`` / ``visual_drop_mask``), otherwise it is drawn from torch's
+global generator in the official order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.modeling_prologue_ar import PrologueARForCausalLM
+from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel, patchify
+from .losses import prologue_ar_loss
+from .official_parametrization import OfficialParameterMap
+
+
+@dataclass
+class OfficialStage1Settings:
+    """The official stage-1 hyper-parameters (official config key in brackets; defaults = the released recipe).
+
+    ``prior_weight_prologue`` [``prior_enc_semantic_weight``] multiplies the prologue and EOS CE, ``prior_weight_visual``
+    [``prior_enc_visual_weight``] the visual CE, on the encoder side only. ``ema_halflife_*`` are in optimizer steps of
+    the module (``rate = 0.5 ** (1 / halflife)``; 0 = no EMA).
+    """
+
+    lr_encoder: float = 1e-4  # lr_enc
+    lr_decoder: float = 1e-4  # lr_dec
+    lr_ar: float = 1e-4  # lr_ar
+    betas_autoencoder: tuple[float, float] = (0.0, 0.99)  # beta1, beta2
+    betas_ar: tuple[float, float] = (0.9, 0.99)  # ar_beta1, ar_beta2
+    adam_eps: float = 1e-8
+    weight_decay_encoder: float = 0.0  # weight_decay_enc
+    weight_decay_decoder: float = 0.0  # weight_decay_dec
+    weight_decay_ar: float = 0.03  # weight_decay_ar
+    l1_weight: float = 1.0
+    commitment_weight: float = 1.0  # commitment_loss_weight
+    entropy_weight: float = 0.05  # entropy_loss_weight
+    entropy_temperature: float = 0.01  # compute_entropy_loss's default
+    vq_beta: float = 0.25
+    prior_weight_prologue: float = 3.0
+    prior_weight_visual: float = 3.0
+    visual_dropout: float = 0.5  # prior_visual_dropout
+    label_drop_prob: float = 0.1  # the AR's class drop (stage-1 recipes of the release: 1.0, i.e. unconditional)
+    ste_ar_embedding: bool = True  # ARModel.ste_ar_embedding
+    ema_halflife_autoencoder: float = 1000.0  # ae_ema_halflife
+    ema_halflife_ar: float = 2500.0  # ar_ema_halflife
+
+    @classmethod
+    def from_official_config(cls, config) -> OfficialStage1Settings:
+        """Read the settings from a resolved official config (:class:`~prologue_hf.conversion.OfficialConfig`)."""
+        get = config.get
+        return cls(
+            lr_encoder=float(get("lr_enc")),
+            lr_decoder=float(get("lr_dec")),
+            lr_ar=float(get("lr_ar")),
+            betas_autoencoder=(float(get("beta1")), float(get("beta2"))),
+            betas_ar=(float(get("ar_beta1")), float(get("ar_beta2"))),
+            weight_decay_encoder=float(get("weight_decay_enc")),
+            weight_decay_decoder=float(get("weight_decay_dec")),
+            weight_decay_ar=float(get("weight_decay_ar")),
+            l1_weight=float(get("l1_weight")),
+            commitment_weight=float(get("commitment_loss_weight")),
+            entropy_weight=float(get("entropy_loss_weight")),
+            vq_beta=float(get("Quantizer.vq_beta")),
+            prior_weight_prologue=float(get("prior_enc_semantic_weight")),
+            prior_weight_visual=float(get("prior_enc_visual_weight")),
+            visual_dropout=float(get("prior_visual_dropout")),
+            label_drop_prob=float(get("label_drop_prob")),
+            ste_ar_embedding=bool(get("ARModel.ste_ar_embedding", False)),
+            ema_halflife_autoencoder=float(get("ae_ema_halflife")),
+            ema_halflife_ar=float(get("ar_ema_halflife")),
+        )
+
+    @staticmethod
+    def unsupported_official_settings(config) -> list[str]:
+        """Official settings this implementation does not follow, as messages (empty = all supported)."""
+        problems = []
+        for key in ("grad_clip_enc", "grad_clip_dec", "grad_clip_ar"):
+            if float(config.get(key, 0.0)) > 0:
+                problems.append(f"{key} = {config.get(key)} (gradient clipping is not part of the official mode)")
+        if config.get("ae_no_label", False) is not True:
+            problems.append("ae_no_label must be true (a class-conditional tokenizer is not supported)")
+        if config.get("use_label", True) is not True:
+            problems.append("use_label must be true")
+        for key in ("Quantizer.use_entropy_loss", "SemanticQuantizer.use_entropy_loss", "SemanticQuantizer.use_quant_loss"):
+            if config.get(key, False):
+                problems.append(f"{key} = true (the released recipe keeps these terms detached)")
+        return problems
+
+
+def quantizer_entropy_terms(logits: torch.Tensor, temperature: float = 0.01, eps: float = 1e-5) -> dict[str, torch.Tensor]:
+    """The official (MAGVIT-style) quantizer entropy monitor of cosine ``logits`` ``[..., codebook]``, detached.
+
+    ``p = softmax(logits / temperature)``; ``sample_entropy`` = mean per-token entropy of ``p``; ``batch_entropy`` =
+    entropy of the mean ``p`` (``log(mean + eps)``); ``entropy_loss = sample - batch``.
+    """
+    scaled = logits.detach().float().reshape(-1, logits.shape[-1]) / temperature
+    probs = scaled.softmax(-1)
+    sample = -(probs * scaled.log_softmax(-1)).nan_to_num(0.0).sum(-1).mean()
+    mean_probs = probs.mean(0)
+    batch = -(mean_probs * (mean_probs + eps).log()).sum()
+    return {"sample_entropy": sample, "batch_entropy": batch, "entropy_loss": sample - batch}
+
+
+def official_ar_weight_decay_groups(ar_map: OfficialParameterMap) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(decay, no_decay)`` parameters of the AR by the official rule: no decay when the official tensor has rank < 2
+    or its name contains ``bias``, ``norm`` or ``adaln``. A tensor of ours holding several official ones (the shared
+    embedding table = ``semantic_emb`` + ``bos_emb``) must get one answer from all of them."""
+    verdict: dict[int, tuple[nn.Parameter, bool, str]] = {}
+    for name in ar_map.names():
+        decay = ar_map.read(name).dim() >= 2 and not any(word in name for word in ("bias", "norm", "adaln"))
+        for param in ar_map.parameters(name):
+            seen = verdict.get(id(param))
+            if seen is not None and seen[1] != decay:
+                raise ValueError(f"{name} and {seen[2]} share a tensor but not a weight-decay group")
+            verdict[id(param)] = (param, decay, name)
+    decay = [p for p, d, _ in verdict.values() if d]
+    no_decay = [p for p, d, _ in verdict.values() if not d]
+    return decay, no_decay
+
+
+def _unique_parameters(official_map: OfficialParameterMap) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for name in official_map.names():
+        for param in official_map.parameters(name):
+            seen.setdefault(id(param), param)
+    return list(seen.values())
+
+
+@dataclass
+class OfficialStepOutput:
+    """What one global step computed: ``losses`` (official names, detached 0-d tensors), ``tensors`` (ids, logits, ...)
+    and, with ``record_grad_norms``, ``grad_norms`` ``{official name: float64 L2 norm}`` of the trained module."""
+
+    losses: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    grad_norms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class OfficialStage1Stepper:
+    """Runs the official stage-1 iteration (encoder+decoder step, then AR step) on parametrized models.
+
+    Args:
+        tokenizer: a :class:`PrologueTokenizerModel` in the official parameterisation.
+        ar: the compact :class:`PrologueARForCausalLM` in the official parameterisation.
+        maps: ``{"enc", "dec", "ar"}`` official parameter maps (from the parametrization / the converter).
+        settings: :class:`OfficialStage1Settings`.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PrologueTokenizerModel,
+        ar: PrologueARForCausalLM,
+        maps: dict[str, OfficialParameterMap],
+        settings: OfficialStage1Settings,
+    ):
+        if tokenizer.prologue_quantizer is None or not ar.vocabulary.has_prologue:
+            raise ValueError("the official stage-1 step needs a Prologue tokenizer (K > 0) and a matching AR")
+        self.tokenizer, self.ar, self.maps, self.settings = tokenizer, ar, maps, settings
+        s = settings
+        self.parameters = {name: _unique_parameters(m) for name, m in maps.items()}
+        self.optimizers = {
+            "enc": torch.optim.AdamW(
+                self.parameters["enc"], lr=s.lr_encoder, betas=s.betas_autoencoder, eps=s.adam_eps,
+                weight_decay=s.weight_decay_encoder,
+            ),
+            "dec": torch.optim.AdamW(
+                self.parameters["dec"], lr=s.lr_decoder, betas=s.betas_autoencoder, eps=s.adam_eps,
+                weight_decay=s.weight_decay_decoder,
+            ),
+        }
+        decay, no_decay = official_ar_weight_decay_groups(maps["ar"])
+        self.optimizers["ar"] = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": s.weight_decay_ar}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=s.lr_ar, betas=s.betas_ar, eps=s.adam_eps,
+        )
+        rates = {"enc": s.ema_halflife_autoencoder, "dec": s.ema_halflife_autoencoder, "ar": s.ema_halflife_ar}
+        self.ema_rates = {k: ema_rate(h) for k, h in rates.items()}
+        self.ema = {k: [p.detach().clone() for p in self.parameters[k]] for k, r in self.ema_rates.items() if r > 0}
+        self._cache: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _train_only(self, modules: tuple[str, ...]) -> None:
+        for name, params in self.parameters.items():
+            for p in params:
+                p.requires_grad_(name in modules)
+
+    def _grad_norms(self, modules: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        out = {}
+        for module in modules:
+            norms = {}
+            for name in self.maps[module].names():
+                grad = self.maps[module].read(name, grad=True)
+                norms[name] = float(grad.double().norm()) if grad is not None else 0.0
+            out[module] = norms
+        return out
+
+    @torch.no_grad()
+    def _ema_update(self, module: str) -> None:
+        if module in self.ema:
+            for p, e in zip(self.parameters[module], self.ema[module]):
+                e.copy_(p.detach().lerp(e, self.ema_rates[module]))
+
+    def _step(self, modules: tuple[str, ...]) -> None:
+        for module in modules:
+            self.optimizers[module].step()
+            self.optimizers[module].zero_grad(set_to_none=True)
+        for module in modules:
+            self._ema_update(module)
+
+    def _ar_terms(
+        self, class_ids: torch.Tensor, visual_ids: torch.Tensor, prologue_ids: torch.Tensor,
+        prologue_soft_onehot: torch.Tensor | None, drop: torch.Tensor, weights: tuple[float, float, float],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        vocabulary = self.ar.vocabulary
+        embeds = self.ar.embed_sequence(
+            class_ids, visual_ids=visual_ids, prologue_soft_onehot=prologue_soft_onehot, prologue_ids=prologue_ids,
+            drop_visual=drop if bool(drop.any()) else None,
+        )
+        # the official logits have only V + P + 1 columns (no class ids): the CE runs over those
+        logits = self.ar(inputs_embeds=embeds).logits[..., : vocabulary.class_offset]
+        sequence = vocabulary.build_sequence(class_ids, visual_ids, prologue_ids)
+        out = prologue_ar_loss(logits, sequence, vocabulary, segment_weights=weights)
+        numel = out.token_loss.numel()
+        parts = {seg: out.segment_stats[i, 0] / numel for i, seg in enumerate(("semantic", "eos", "visual"))}
+        correct = out.correct.float()
+        positions = vocabulary.segment_positions
+        metrics = {
+            "correct_token_rate": correct.mean(),
+            "semantic_correct_token_rate": correct[:, positions["prologue"]].mean(),
+            "visual_correct_token_rate": correct[:, positions["visual"]].mean(),
+        }
+        return out.loss, {**parts, **metrics}, logits[:, :-1], sequence[:, 1:]
+
+    def _draw_labels(self, class_labels: torch.Tensor | None, batch: int, drop: torch.Tensor | None) -> torch.Tensor:
+        null = self.ar.vocabulary.num_classes
+        if class_labels is None:
+            return torch.full((batch,), null, dtype=torch.long)
+        class_labels = class_labels.long()
+        if drop is None and self.settings.label_drop_prob > 0:
+            drop = (torch.rand((batch, 1)) < self.settings.label_drop_prob)[:, 0]
+        if drop is not None:
+            class_labels = torch.where(drop.to(class_labels.device), torch.full_like(class_labels, null), class_labels)
+        return class_labels
+
+    def _draw_visual_drop(self, batch: int, mask: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        if mask is not None:
+            return mask.to(device=device, dtype=torch.bool)
+        if self.settings.visual_dropout > 0:
+            return torch.rand(batch) < self.settings.visual_dropout
+        return torch.zeros(batch, dtype=torch.bool, device=device)
+
+    # ----------------------------------------------------------------------------------------------- the steps
+    def encoder_step(
+        self,
+        pixel_values: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        label_drop_mask: torch.Tensor | None = None,
+        visual_drop_mask: torch.Tensor | None = None,
+        record_grad_norms: bool = False,
+    ) -> OfficialStepOutput:
+        """Global step 1 of an iteration: encoder + decoder update with the AR frozen.
+
+        Args:
+            pixel_values: ``[B, C, H, W]`` in ``[-1, 1]``.
+            class_labels: ``[B]`` class ids in ``[0, C)`` (None: unlabelled, every BOS is the null class).
+            label_drop_mask / visual_drop_mask: ``[B]`` bool, injected draws (None: drawn from torch's generator).
+        """
+        s = self.settings
+        self._train_only(("enc", "dec"))
+        self.tokenizer.train()
+        self.ar.eval()
+        batch = pixel_values.shape[0]
+        class_ids = self._draw_labels(class_labels, batch, label_drop_mask)
+        out = self.tokenizer(pixel_values)
+        target = patchify(pixel_values.float(), self.tokenizer.config.patch_size)
+        x_hat = patchify(out.reconstruction.float(), self.tokenizer.config.patch_size)
+        l1 = s.l1_weight * (target - x_hat).abs().mean()
+
+        visual_entropy = quantizer_entropy_terms(out.visual_logits, s.entropy_temperature)
+        prologue_entropy = quantizer_entropy_terms(out.prologue_logits, s.entropy_temperature)
+        with torch.no_grad():
+            codes = self.tokenizer.prologue_quantizer.lookup(out.prologue_ids)
+            z = out.prologue_features
+            semantic_quant = F.mse_loss(out.prologue_quantized, z) + (1.0 + s.vq_beta) * F.mse_loss(codes, z)
+        visual_quant = out.quantizer_loss.float()
+        visual_vq = s.commitment_weight * visual_quant + s.entropy_weight * visual_entropy["entropy_loss"]
+        semantic_vq = s.commitment_weight * semantic_quant + s.entropy_weight * prologue_entropy["entropy_loss"]
+
+        drop = self._draw_visual_drop(batch, visual_drop_mask, pixel_values.device)
+        weights = (s.prior_weight_prologue, s.prior_weight_prologue, s.prior_weight_visual)
+        soft = out.prologue_soft_onehot if s.ste_ar_embedding else None
+        prior, parts, logits, targets = self._ar_terms(class_ids, out.visual_ids, out.prologue_ids, soft, drop, weights)
+        loss = l1 + visual_vq + semantic_vq + prior
+        loss.backward()
+        grad_norms = self._grad_norms(("enc", "dec")) if record_grad_norms else {}
+        self._step(("enc", "dec"))
+        self._cache = {
+            "class_ids": class_ids, "visual_ids": out.visual_ids.detach(), "prologue_ids": out.prologue_ids.detach(),
+        }
+        raw = parts["semantic"] + parts["eos"] + parts["visual"]
+        losses = {
+            "loss": loss, "l1_loss": l1, "ae_loss": l1, "visual_vq_quant_loss": visual_quant,
+            "visual_vq_entropy_loss": visual_entropy["entropy_loss"], "semantic_vq_quant_loss": semantic_quant,
+            "semantic_vq_entropy_loss": prologue_entropy["entropy_loss"], "visual_vqloss": visual_vq,
+            "semantic_vqloss": semantic_vq, "vqloss": visual_vq + semantic_vq,
+            "semantic_prior_enc_loss": parts["semantic"], "eos_prior_enc_loss": parts["eos"],
+            "visual_prior_enc_loss": parts["visual"], "raw_prior_enc_loss": raw, "prior_enc_loss": prior,
+            "visual_vq_sample_entropy": visual_entropy["sample_entropy"],
+            "visual_vq_batch_entropy": visual_entropy["batch_entropy"],
+            "semantic_vq_sample_entropy": prologue_entropy["sample_entropy"],
+            "semantic_vq_batch_entropy": prologue_entropy["batch_entropy"],
+        }
+        tensors = {
+            "indices": torch.cat([out.prologue_ids, out.visual_ids], dim=1).detach(), "ar_logits": logits.detach(),
+            "ar_targets": targets, "x_hat": x_hat.detach(), "visual_drop_mask": drop, "class_ids": class_ids,
+            "prologue_logits": out.prologue_logits.detach(),
+        }
+        return OfficialStepOutput({k: v.detach().float() for k, v in losses.items()}, tensors, grad_norms)
+
+    def ar_step(self, visual_drop_mask: torch.Tensor | None = None, record_grad_norms: bool = False) -> OfficialStepOutput:
+        """Global step 2 of an iteration: AR update on the ids the encoder step computed (before its update), with the
+        same class labels and a new visual-dropout mask (``visual_drop_mask`` injects it)."""
+        if self._cache is None:
+            raise RuntimeError("ar_step needs the ids of an encoder_step on the same batch: call encoder_step first")
+        cache, self._cache = self._cache, None
+        self._train_only(("ar",))
+        self.ar.train()
+        visual_ids = cache["visual_ids"]
+        drop = self._draw_visual_drop(visual_ids.shape[0], visual_drop_mask, visual_ids.device)
+        loss, parts, logits, targets = self._ar_terms(
+            cache["class_ids"], visual_ids, cache["prologue_ids"], None, drop, (1.0, 1.0, 1.0)
+        )
+        loss.backward()
+        grad_norms = self._grad_norms(("ar",)) if record_grad_norms else {}
+        self._step(("ar",))
+        losses = {
+            "loss": loss, "prior_ar_loss": loss, "semantic_prior_ar_loss": parts["semantic"],
+            "eos_prior_ar_loss": parts["eos"], "visual_prior_ar_loss": parts["visual"],
+            "correct_token_rate": parts["correct_token_rate"],
+            "semantic_correct_token_rate": parts["semantic_correct_token_rate"],
+            "visual_correct_token_rate": parts["visual_correct_token_rate"],
+        }
+        tensors = {"ar_logits": logits.detach(), "ar_targets": targets, "visual_drop_mask": drop}
+        return OfficialStepOutput({k: v.detach().float() for k, v in losses.items()}, tensors, grad_norms)
+
+    def iteration(self, pixel_values: torch.Tensor, class_labels: torch.Tensor | None = None) -> dict[str, float]:
+        """One official iteration on a batch (both steps, draws from torch's generator); the logged scalars
+        (``enc/…`` and ``ar/…``) as floats."""
+        enc = self.encoder_step(pixel_values, class_labels)
+        ar = self.ar_step()
+        logs = {f"enc/{k}": float(v) for k, v in enc.losses.items()}
+        logs.update({f"ar/{k}": float(v) for k, v in ar.losses.items()})
+        return logs
+
+
+def ema_rate(halflife: float) -> float:
+    """``0.5 ** (1 / halflife)`` (0 when ``halflife <= 0``), the official EMA rate per optimizer step."""
+    return math.pow(0.5, 1.0 / halflife) if halflife > 0 else 0.0
+
+
+__all__ = [
+    "OfficialStage1Settings",
+    "OfficialStage1Stepper",
+    "OfficialStepOutput",
+    "official_ar_weight_decay_groups",
+    "quantizer_entropy_terms",
+]
