@@ -88,7 +88,7 @@ def image_grid(
     row_height = height * scale
     font = PIL.ImageFont.load_default(size=max(10, min(24, row_height // 4)))
     measure = PIL.ImageDraw.Draw(grid)
-    margin = 8 + max(measure.textbbox((0, 0), str(label), font=font)[2] for label in labels)
+    margin = 12 + max(measure.textbbox((0, 0), str(label), font=font)[2] for label in labels)
     white, black = (BACKGROUND, TEXT) if grid.mode == "L" else ((BACKGROUND,) * 3, (TEXT,) * 3)
     labelled = PIL.Image.new(grid.mode, (grid.width + margin, grid.height), white)
     labelled.paste(grid, (margin, 0))
