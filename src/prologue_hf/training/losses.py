@@ -121,6 +121,17 @@ class PrologueStage1LossConfig:
         if self.visual_soft_temperature <= 0:
             raise ValueError(f"visual_soft_temperature must be > 0, got {self.visual_soft_temperature}")
 
+    def resolved_ar_target(self, has_prologue: bool) -> str:
+        """``ar_target`` with ``"auto"`` decided for a tokenizer with (``"prologue"``) or without (``"none"``)
+        prologue tokens; ``ValueError`` when the target does not fit the tokenizer (prologue tokens have no other
+        training signal than the prologue target)."""
+        target = self.ar_target if self.ar_target != "auto" else ("prologue" if has_prologue else "none")
+        if has_prologue and target != "prologue":
+            raise ValueError(f"a tokenizer with prologue tokens needs ar_target='prologue' (their only signal), got {target!r}")
+        if target == "prologue" and not has_prologue:
+            raise ValueError("ar_target='prologue' needs num_prologue_tokens > 0")
+        return target
+
 
 # ============================================================================================ perceptual losses
 class PerceptualWeightsUnavailableError(RuntimeError):

@@ -90,14 +90,7 @@ class PrologueStage1Model(nn.Module):
     ):
         super().__init__()
         config = loss_config or PrologueStage1LossConfig()
-        has_prologue = tokenizer.config.num_prologue_tokens > 0
-        target = config.ar_target
-        if target == "auto":
-            target = "prologue" if has_prologue else "none"
-        if has_prologue and target != "prologue":
-            raise ValueError(f"a tokenizer with prologue tokens needs ar_target='prologue' (their only signal), got {target!r}")
-        if target == "prologue" and not has_prologue:
-            raise ValueError("ar_target='prologue' needs num_prologue_tokens > 0")
+        target = config.resolved_ar_target(tokenizer.config.num_prologue_tokens > 0)
         if target == "none" and compact_ar is not None:
             raise ValueError("compact_ar was given but ar_target is 'none'; pass compact_ar=None for the no-AR baselines")
         if target != "none":

@@ -127,10 +127,8 @@ def build_stage1_model(
         tokenizer = PrologueTokenizerModel(PrologueTokenizerConfig.from_preset(model_args.tokenizer_preset, **overrides))
     else:
         tokenizer = PrologueTokenizerModel(PrologueTokenizerConfig(**overrides))
-    has_prologue = tokenizer.config.num_prologue_tokens > 0
-    target = loss_config.ar_target if loss_config.ar_target != "auto" else ("prologue" if has_prologue else "none")
     compact_ar = None
-    if target != "none":
+    if loss_config.resolved_ar_target(tokenizer.config.num_prologue_tokens > 0) != "none":
         compact_ar = build_compact_ar(
             tokenizer.config, model_args.num_classes, model_args.compact_ar_preset, model_args.compact_ar_overrides
         )
