@@ -6,7 +6,8 @@
 Only the prologue encoder, the Prob-STE quantizer and the compact AR train (L_AR only); the frozen tokenizer is
 any supported VQ model (ours, diffusers VQModel, JanusVQVAE, Emu3VQVAE, ChameleonVQVAE): see docs/prologue_post.md.
 Then run stage 2 unchanged: examples/pretokenize.py --tokenizer_name_or_path runs/post-B/tokenizer, examples/train_ar.py.
-Flags after --config override the YAML; resume with --resume_from_checkpoint last (or a checkpoint folder).
+Flags after --config override the YAML; resume with --resume_from_checkpoint last (or latest / true: the newest
+complete checkpoint; or a checkpoint folder).
 """
 
 from prologue_hf.training.cli import parse_config_and_args

@@ -3,7 +3,8 @@
     accelerate launch examples/train_tokenizer.py --config examples/configs/tokenizer_B.yaml \
         --train_data ILSVRC/imagenet-1k --output_dir runs/prologue-B-tokenizer
 
-Flags after --config override the YAML. See docs/training.md for every option.
+Flags after --config override the YAML; resume with --resume_from_checkpoint last (or latest / true: the newest
+complete checkpoint; or a checkpoint folder). See docs/training.md for every option.
 """
 
 from prologue_hf.training.cli import parse_config_and_args
