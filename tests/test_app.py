@@ -3,6 +3,7 @@ driven through gradio_client with a tiny pipeline. The real-browser test is test
 
 import os
 import socket
+import time
 
 import numpy as np
 import PIL.Image
@@ -472,3 +473,36 @@ def test_running_app_through_gradio_client(pipe, tmp_path, monkeypatch):
     finally:
         app.close()
     assert log.hosts and set(log.hosts) <= {"127.0.0.1", "localhost", "::1"}, sorted(set(log.hosts))
+
+
+def test_pipeline_calls_queue_one_at_a_time(pipe, monkeypatch):
+    """Two browsers press Resample all at once: the second call starts after the first ended."""
+    import threading
+
+    import huggingface_hub.constants
+    from gradio_client import Client
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    spans, lock = [], threading.Lock()
+    original = demo_app.resample_all
+
+    def slow_resample_all(*args, **kwargs):
+        start = time.monotonic()
+        result = original(*args, **kwargs)
+        time.sleep(0.5)  # long enough that an unqueued second call would overlap
+        with lock:
+            spans.append((start, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(demo_app, "resample_all", slow_resample_all)
+    app = demo_app.build_app(pipe, pipeline_name="tiny")
+    _, url = demo_app.launch_app(app, port=_free_port(), block=False)
+    try:
+        clients = [Client(url, verbose=False) for _ in range(2)]
+        jobs = [c.submit(class_value="class 1", count=1, seed=i, api_name="/resample_all") for i, c in enumerate(clients)]
+        results = [job.result(timeout=120) for job in jobs]
+    finally:
+        app.close()
+    assert [len(result[0]) for result in results] == [1, 1]
+    (first_start, first_end), (second_start, _) = sorted(spans)
+    assert second_start >= first_end
