@@ -1,8 +1,9 @@
-"""Resident memory the packed decoder adds on top of the model (Linux, run by hand).
+"""Resident memory the packed-linear swap adds on top of the model while sampling (Linux, run by hand).
 
-Builds ``PackedARDecoder`` for a random-weight AR preset and reports how much the process's resident set grew across
-the constructor (fused q/k/v and gate/up copies plus the MKL / oneDNN packed layouts; the KV cache buffers are
-allocated but not written yet, so they are not resident). Example::
+Enters :func:`~prologue_hf.models.packed_linear.packed_linears` (what ``generate_ids`` does with
+``pack_weights=True``) on a random-weight AR preset and reports how much the process's resident set grew across the
+swap: the MKL / oneDNN packed copy of every ``nn.Linear`` weight (the model's own parameters are not copied).
+Example::
 
     python benchmarks/bench_decoder_memory.py --config B --rows 16
 """
@@ -17,7 +18,7 @@ import os
 import torch
 
 from prologue_hf import PrologueARConfig, PrologueARForCausalLM
-from prologue_hf.pipelines import PackedARDecoder
+from prologue_hf.models.packed_linear import packed_linears
 
 
 def resident_mb() -> float:
@@ -34,16 +35,16 @@ def release_free_heap() -> None:
         pass
 
 
-def decoder_growth_mb(config: str, dtype: torch.dtype, rows: int) -> tuple[float, float]:
-    """(model weights MB, resident growth MB across the decoder's constructor)."""
+def packing_growth_mb(config: str, dtype: torch.dtype, rows: int) -> tuple[float, float]:
+    """(model weights MB, resident growth MB across entering ``packed_linears``)."""
     ar = PrologueARForCausalLM(PrologueARConfig.from_preset(config)).eval().to(dtype)
     weights = sum(p.numel() * p.element_size() for p in ar.parameters()) / 1e6
     gc.collect()
     release_free_heap()
     before = resident_mb()
-    decoder = PackedARDecoder(ar, rows, ar.config.vocabulary.num_generated_tokens)
-    growth = resident_mb() - before
-    del decoder, ar
+    with packed_linears(ar, rows):
+        growth = resident_mb() - before
+    del ar
     gc.collect()
     return weights, growth
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=16)
     args = parser.parse_args(argv)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        weights, growth = decoder_growth_mb(args.config, dtype, args.rows)
-        print(f"{args.config} {name}: weights {weights:.0f} MB, packed decoder for {args.rows} rows adds {growth:.0f} MB")
+        weights, growth = packing_growth_mb(args.config, dtype, args.rows)
+        print(f"{args.config} {name}: weights {weights:.0f} MB, packed linears for {args.rows} rows add {growth:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -4,46 +4,56 @@ For each AR config (``tiny``: the test model; ``B``: ``PrologueARConfig.from_pre
 batch size and dtype, with classifier-free guidance on every step (the ``prologue-B-B`` preset: doubled batch
 throughout), it times one full sampling run of:
 
-* ``ours``: :func:`prologue_hf.pipelines.sampling.generate_ids` with its default packed decoder
-  (:class:`~prologue_hf.pipelines.decoding.PackedARDecoder`);
-* ``ours_stock``: the same sampler on the model's own forward (``decoder="stock"``, preallocated KV cache);
+* ``ours``: :func:`prologue_hf.pipelines.generate_ids` as it runs by default: the model's own forward with its
+  ``nn.Linear`` modules swapped for packed ones (:func:`~prologue_hf.models.packed_linear.packed_linears`) and the
+  sampler's preallocated KV cache;
+* ``ours_plain``: the same sampler with ``pack_weights=False`` (the model's modules as they are);
 * ``hf_loop``: a plain loop over ``ar(input_ids=..., cache=DynamicCache)`` with the same CFG mix, mask and
   multinomial (what one writes with stock transformers);
 * ``hf_generate``: ``ar.generate`` on the doubled batch with the segment-mask processor. ``generate`` cannot do CFG,
   so it gets the same rows and steps without the mix: same forward work, its own per-step overhead;
 
 and reports images/s, ms per decode step, the share of the time spent inside the AR forward, the time of the model's
-matmuls alone (every ``nn.Linear`` once on random rows, through ``F.linear`` and through the packed decoder's fused,
-pre-packed weights), the attention of a run alone (every step's SDPA calls, nothing between them; with the packed
+matmuls alone (every ``nn.Linear`` once on random rows, through ``F.linear`` and through the swapped-in
+``PackedLinear`` s), the attention of a run alone (every step's SDPA calls, nothing between them; with the packed
 matmuls: "kernels alone", what the run would cost if the small ops around the kernels were free), and a roofline
-lower bound per step measured on this machine
-in the same run: ``max(bytes / bandwidth, flops / gemm_peak)`` with
+lower bound per step measured on this machine in the same run: ``max(bytes / bandwidth, flops / gemm_peak)`` with
 ``bytes`` = the matmul weights plus the KV cache read at that step, ``bandwidth`` = read bandwidth of a large
 ``sum``, ``gemm_peak`` = FLOP/s of a large square matmul in the same dtype.
 
-Random weights (speed does not depend on them). Example::
+Random weights (speed does not depend on them). ``--against OTHER_SRC`` instead times ``generate_ids`` with its
+default arguments from this checkout and from another one (e.g. an older commit checked out with ``git worktree``),
+each run in a fresh subprocess with ``PYTHONPATH`` set to that checkout's ``src``, alternating between the two.
+Examples::
 
     python benchmarks/bench_sampling.py --configs tiny B --batch-sizes 1 8 32 --dtypes fp32 bf16 --json out.json
     python benchmarks/bench_sampling.py --configs B --batch-sizes 8 --dtypes fp32 --methods ours --profile
+    git worktree add /tmp/old <commit>
+    python benchmarks/bench_sampling.py --configs B --batch-sizes 1 8 --dtypes fp32 --against /tmp/old/src
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
 
 from prologue_hf import PrologueARConfig, PrologueARForCausalLM
-from prologue_hf.pipelines.decoding import PackedARDecoder
-from prologue_hf.pipelines.sampling import (
+from prologue_hf.models.packed_linear import PackedLinear, packed_linears
+from prologue_hf.pipelines import (
     PrologueSegmentLogitsProcessor,
     SamplingParams,
     generate_ids,
@@ -95,31 +105,25 @@ def step_lower_bounds(ar: PrologueARForCausalLM, rows: int, limits: dict[str, fl
 
 def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, packed: bool = False, repeats: int = 5) -> float:
     """Time (s) of one pass of ``rows`` random rows through every matmul of a decode step, in order, with no
-    attention and no Python around them: the model's ``nn.Linear`` s (``packed=False``) or the packed decoder's fused,
-    pre-packed weights with the head restricted to the visual rows (``packed=True``)."""
-    if packed:
-        vocab = ar.config.vocabulary
-        decoder = PackedARDecoder(ar, rows, 2, [(0, vocab.visual_vocab_size)] * 2)
-        linears = decoder.linears
-        shapes = [linear.shape[1] for linear in linears]
-    else:
-        linears = [m for m in ar.modules() if isinstance(m, torch.nn.Linear)]
-        shapes = [m.in_features for m in linears]
+    attention and no Python around them: the model's ``nn.Linear`` s (``packed=False``) or the ``PackedLinear`` s
+    that ``generate_ids`` swaps in for them (``packed=True``)."""
     weight = ar.lm_head.weight
-    inputs = [torch.randn(rows, 1, width, dtype=weight.dtype, device=weight.device) for width in shapes]
 
-    def step():
+    def step(linears, inputs):
         with torch.no_grad():
             for linear, x in zip(linears, inputs):
                 linear(x)
 
-    return _best_time(step, repeats)
+    with packed_linears(ar, rows) if packed else contextlib.nullcontext():
+        linears = [m for m in ar.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
+        inputs = [torch.randn(rows, 1, m.in_features, dtype=weight.dtype, device=weight.device) for m in linears]
+        return _best_time(functools.partial(step, linears, inputs), repeats)
 
 
 def attention_only_seconds(ar: PrologueARForCausalLM, rows: int, repeats: int = 2) -> float:
     """Time (s) of the attention of a whole sampling run alone: for every step and layer, one
-    ``scaled_dot_product_attention`` of a ``rows``-row query on the cache prefix that step reads (the packed
-    decoder's call, on random values), with nothing between the calls. With :func:`matmul_only_seconds` this is what
+    ``scaled_dot_product_attention`` of a ``rows``-row query on the cache prefix that step reads (the sampler's
+    call, on random values), with nothing between the calls. With :func:`matmul_only_seconds` this is what
     the kernels of a run cost without any of the small ops around them."""
     config = ar.config
     weight = ar.lm_head.weight
@@ -142,19 +146,18 @@ def attention_only_seconds(ar: PrologueARForCausalLM, rows: int, repeats: int = 
 
 # ------------------------------------------------------------------------------------------------ methods
 def run_ours(ar, labels, generator):
-    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator, decoder="packed").ids
+    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator).ids
 
 
-def run_ours_stock(ar, labels, generator):
-    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator, decoder="stock").ids
+def run_ours_plain(ar, labels, generator):
+    return generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=generator, pack_weights=False).ids
 
 
 def run_hf_loop(ar, labels, generator):
     """Stock transformers: DynamicCache (grows by concatenation), input_ids in, CFG + mask + multinomial."""
     vocab = ar.config.vocabulary
     params = SamplingParams.from_preset(PRESET)
-    weights = params.guidance_weights(vocab.num_prologue_tokens, vocab.num_generated_tokens)
-    settings = params.step_settings(vocab.num_prologue_tokens, vocab.num_generated_tokens)
+    weights, settings = params.guidance_weights(vocab), params.step_settings(vocab)
     mask = vocab.logit_mask(device=ar.device)
     batch = labels.shape[0]
     tokens = torch.cat([vocab.class_token_ids(labels), torch.full_like(labels, vocab.null_class_id)])[:, None]
@@ -186,17 +189,17 @@ def run_hf_generate(ar, labels, generator):
     )
 
 
-METHODS = {"ours": run_ours, "ours_stock": run_ours_stock, "hf_loop": run_hf_loop, "hf_generate": run_hf_generate}
+METHODS = {"ours": run_ours, "ours_plain": run_ours_plain, "hf_loop": run_hf_loop, "hf_generate": run_hf_generate}
 
 
 # ------------------------------------------------------------------------------------------------ timing
 class ForwardTimer:
-    """Wall time spent inside the AR forward: ``PrologueARForCausalLM.forward`` and ``PackedARDecoder.forward`` are
-    wrapped at class level while it lives (module hooks would make the sampler fall back to the stock forward)."""
+    """Wall time spent inside the AR forward: ``PrologueARForCausalLM.forward`` is wrapped at class level while it
+    lives (a module hook on the root would do too; this keeps the model object untouched)."""
 
     def __init__(self):
         self.total = 0.0
-        self._originals = [(cls, cls.forward) for cls in (PrologueARForCausalLM, PackedARDecoder)]
+        self._originals = [(cls, cls.forward) for cls in (PrologueARForCausalLM,)]
         for cls, original in self._originals:
             cls.forward = self._timed(original)
 
@@ -260,13 +263,72 @@ def time_methods(methods: list[str], ar, batch: int, repeats: int) -> dict[str, 
     return out
 
 
+# ------------------------------------------------------------------------------------------------ A/B of checkouts
+# Run in a fresh interpreter with PYTHONPATH = a checkout's src: only names every version of the package has.
+_CHECKOUT_RUN = """
+import sys, time, torch
+from prologue_hf import PrologueARConfig, PrologueARForCausalLM
+from prologue_hf.pipelines import SamplingParams, generate_ids
+from prologue_hf.testing import tiny_ar
+config, dtype, batch, threads, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if threads:
+    torch.set_num_threads(threads)
+torch.manual_seed(0)
+ar = tiny_ar(seed=0) if config == "tiny" else PrologueARForCausalLM(PrologueARConfig.from_preset(config)).eval()
+ar = ar.to({"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+labels = torch.arange(batch) % ar.config.num_classes
+params = SamplingParams.from_preset(sys.argv[6])
+with torch.no_grad():
+    generate_ids(ar, labels, params, generator=torch.Generator().manual_seed(seed))  # warm-up
+    start = time.perf_counter()
+    generate_ids(ar, labels, params, generator=torch.Generator().manual_seed(seed))
+    print(time.perf_counter() - start)
+"""
+
+
+def time_checkouts(
+    sources: dict[str, str], config: str, dtype: str, batch: int, repeats: int, threads: int | None
+) -> dict[str, list[float]]:
+    """Seconds of one ``generate_ids`` run (default arguments, after a warm-up run in the same process) per
+    checkout, ``repeats`` rounds alternating between the checkouts (``sources``: name -> ``src`` folder), each run
+    in its own subprocess so that the two versions of the package never meet."""
+    times: dict[str, list[float]] = {name: [] for name in sources}
+    for round_index in range(repeats):
+        for name, src in sources.items():
+            env = {**os.environ, "PYTHONPATH": src}
+            command = [sys.executable, "-c", _CHECKOUT_RUN, config, dtype, str(batch), str(threads or 0),
+                       str(round_index), PRESET]
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            times[name].append(float(out.stdout.split()[-1]))
+            print(f"{config} {dtype} batch {batch} round {round_index} {name}: {times[name][-1]:.2f} s", flush=True)
+    return times
+
+
+def compare_checkouts(args) -> list[dict]:
+    """The ``--against`` mode: this checkout vs another, per config / dtype / batch; rows with best and median."""
+    sources = {"this": str(Path(__file__).resolve().parents[1] / "src"), "against": args.against}
+    results = []
+    for dtype in args.dtypes:
+        for config in args.configs:
+            for batch in args.batch_sizes:
+                times = time_checkouts(sources, config, dtype, batch, args.repeats, args.threads)
+                row = {"config": config, "dtype": dtype, "batch": batch, "times": times}
+                for name, values in times.items():
+                    row[f"{name}_best"], row[f"{name}_median"] = min(values), statistics.median(values)
+                row["this_over_against_median"] = row["this_median"] / row["against_median"]
+                results.append(row)
+                print(f"| {config} | {dtype} | {batch} | {row['against_median']:.2f} ({row['against_best']:.2f}) | "
+                      f"{row['this_median']:.2f} ({row['this_best']:.2f}) | {row['this_over_against_median']:.3f} |",
+                      flush=True)
+    return results
+
+
 def profile_ours(ar, batch: int, rows: int = 25) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     labels = torch.arange(batch) % ar.config.num_classes
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=torch.Generator().manual_seed(0),
-                     decoder="packed")
+        generate_ids(ar, labels, SamplingParams.from_preset(PRESET), generator=torch.Generator().manual_seed(0))
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
@@ -301,7 +363,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of `ours` per cell")
     parser.add_argument("--json", default=None, help="write all rows to this file")
     parser.add_argument("--markdown", action="store_true", help="print all rows as a markdown table at the end")
+    parser.add_argument(
+        "--against", default=None, metavar="OTHER_SRC",
+        help="A/B mode: time generate_ids of this checkout against the package under OTHER_SRC, alternating "
+        "subprocesses (--repeats rounds; --methods is ignored)",
+    )
     args = parser.parse_args(argv)
+    if args.against:
+        results = compare_checkouts(args)
+        if args.json:
+            with open(args.json, "w") as handle:
+                json.dump(results, handle, indent=1)
+        return results
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -1,5 +1,8 @@
 """The hand-run benchmark scripts still run (tiny sizes): they are how the figures in docs/benchmarks.md are made."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +55,16 @@ def test_bench_op_after_gemm_norms_are_the_same_norm(load_example):
     torch.testing.assert_close(ops.pop("add")(), 2 * x)
     for name, op in ops.items():
         torch.testing.assert_close(op(), reference, msg=name)
+
+
+def test_bench_sampling_against_mode_times_both_checkouts_in_turn(load_example, tmp_path):
+    # the A/B mode against this same checkout: both sides run, alternating, in their own processes
+    bench = load_example("bench_sampling", folder="benchmarks")
+    src = str(Path(bench.__file__).resolve().parents[1] / "src")
+    out = tmp_path / "ab.json"
+    rows = bench.main(["--configs", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--repeats", "1",
+                       "--against", src, "--json", str(out)])
+    (row,) = rows
+    assert set(row["times"]) == {"this", "against"} and all(len(t) == 1 and t[0] > 0 for t in row["times"].values())
+    assert row["this_over_against_median"] == pytest.approx(row["this_median"] / row["against_median"])
+    assert json.loads(out.read_text())[0]["batch"] == 1

@@ -12,19 +12,22 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from prologue_hf.pipelines.sampling import (
+from prologue_hf.pipelines import (
     SAMPLING_PRESETS,
     GuidanceSchedule,
     PreallocatedCache,
     PrologueSegmentLogitsProcessor,
     SamplingParams,
+    draw_categorical,
     generate_ids,
     top_k_filter,
     top_p_filter,
 )
 from prologue_hf.testing import tiny_ar, tiny_tokenizer_config
+from prologue_hf.vocabulary import PrologueVocabulary
 
 K, T = 4, 21  # tiny vocabulary: 4 prologue tokens, EOS, 16 visual tokens
+VOCAB = PrologueVocabulary(64, 16, K, 16, 10)
 
 
 @functools.cache
@@ -44,13 +47,13 @@ def _assert_valid_segments(ar, ids: torch.Tensor) -> None:
 # ------------------------------------------------------------------------------------------ guidance weights by hand
 def test_global_schedules_match_hand_computation():
     # official non-segmented mode: t = s / T over all T = K + 1 + N steps, ramps start at 1
-    linear = SamplingParams(guidance=GuidanceSchedule(3.0, "linear")).guidance_weights(K, T)
+    linear = SamplingParams(guidance=GuidanceSchedule(3.0, "linear")).guidance_weights(VOCAB)
     assert linear == pytest.approx([(1 - s / T) + 3.0 * s / T for s in range(T)])
     assert linear[7] == pytest.approx(1 + 2 * 7 / 21)  # 1.6667
-    cosine = SamplingParams(guidance=GuidanceSchedule(4.0, "cosine", power=1.75)).guidance_weights(K, T)
+    cosine = SamplingParams(guidance=GuidanceSchedule(4.0, "cosine", power=1.75)).guidance_weights(VOCAB)
     assert cosine == pytest.approx([1 + 3.0 * (1 - math.cos(math.pi * (s / T) ** 1.75)) / 2 for s in range(T)])
     assert cosine[0] == 1.0 and cosine[20] == pytest.approx(1 + 1.5 * (1 - math.cos(math.pi * (20 / 21) ** 1.75)))
-    constant = SamplingParams(guidance=GuidanceSchedule(0.5)).guidance_weights(K, T)
+    constant = SamplingParams(guidance=GuidanceSchedule(0.5)).guidance_weights(VOCAB)
     assert constant == [0.5] * T  # scales below 1 are real guidance
 
 
@@ -59,7 +62,7 @@ def test_segmented_schedules_match_hand_computation():
         prologue_guidance=GuidanceSchedule(2.5, "linear"),  # start defaults to 0.0 (official semantic_cfg_start)
         visual_guidance=GuidanceSchedule(3.0, "linear"),  # start defaults to 1.0 (official visual_cfg_start)
     )
-    weights = params.guidance_weights(K, T)
+    weights = params.guidance_weights(VOCAB)
     assert weights[:K] == pytest.approx([0.0, 0.625, 1.25, 1.875])  # 2.5 * s / 4
     assert weights[K] == 1.0  # the EOS step is visual t = 0
     assert weights[K + 1 :] == pytest.approx([1 + 2.0 * (s - K) / (T - K) for s in range(K + 1, T)])
@@ -67,7 +70,7 @@ def test_segmented_schedules_match_hand_computation():
     cosine = SamplingParams(
         prologue_guidance=GuidanceSchedule(0.7),
         visual_guidance=GuidanceSchedule(3.75, "cosine", power=0.2, start=1.5),
-    ).guidance_weights(K, T)
+    ).guidance_weights(VOCAB)
     assert cosine[:K] == [0.7] * K
     t = [(s - K) / (T - K) for s in range(K, T)]
     assert cosine[K:] == pytest.approx([1.5 + 2.25 * (1 - math.cos(math.pi * x**0.2)) / 2 for x in t])
@@ -75,12 +78,12 @@ def test_segmented_schedules_match_hand_computation():
 
 def test_non_positive_scale_switches_guidance_off():
     # official: CFG only when the (segment) scale is > 0; otherwise the conditional logits are used as they are
-    assert SamplingParams(guidance=GuidanceSchedule(0.0)).guidance_weights(K, T) == [None] * T
+    assert SamplingParams(guidance=GuidanceSchedule(0.0)).guidance_weights(VOCAB) == [None] * T
     weights = SamplingParams(prologue_guidance=GuidanceSchedule(-1.0), visual_guidance=GuidanceSchedule(2.0))
-    assert weights.guidance_weights(K, T) == [None] * K + [2.0] * (T - K)
-    assert SamplingParams(visual_guidance=GuidanceSchedule(2.0)).guidance_weights(K, T)[:K] == [None] * K
+    assert weights.guidance_weights(VOCAB) == [None] * K + [2.0] * (T - K)
+    assert SamplingParams(visual_guidance=GuidanceSchedule(2.0)).guidance_weights(VOCAB)[:K] == [None] * K
     # K = 0 (the 2D baseline): every step is visual, t = s / N
-    assert SamplingParams(visual_guidance=GuidanceSchedule(3.0, "linear")).guidance_weights(0, 16) == pytest.approx(
+    assert SamplingParams(visual_guidance=GuidanceSchedule(3.0, "linear")).guidance_weights(PrologueVocabulary(64, 16, 0, 16, 10)) == pytest.approx(
         [1 + 2.0 * s / 16 for s in range(16)]
     )
 
@@ -307,7 +310,7 @@ def test_every_table_a5_row_is_a_preset():
     assert lxl.visual_guidance == GuidanceSchedule(2.25, "cosine", 0.225, 1.0)
     assert (lxl.temperature, lxl.prologue_temperature) == (1.0, None)
     nocfg = SamplingParams.from_preset("prologue-l-xl-NOCFG")  # case-insensitive
-    assert nocfg.guidance_weights(K, T) == [None] * T
+    assert nocfg.guidance_weights(VOCAB) == [None] * T
     assert (nocfg.prologue_temperature, nocfg.temperature) == (1.0, 0.9)
     assert SamplingParams.from_preset("2d-B-B").guidance == GuidanceSchedule(10.0, "cosine", 1.5)
     assert SamplingParams.from_preset("prologue-B-B", top_k=7).top_k == 7
@@ -388,7 +391,7 @@ def test_preallocated_cache_refuses_overflow_and_keeps_rows_as_views():
     k = torch.arange(2 * 1 * 2 * 4, dtype=torch.float).view(2, 1, 2, 4)
     keys, values = cache.update(k, -k, 0)
     assert torch.equal(keys, k) and torch.equal(values, -k) and cache.get_seq_length() == 2
-    cache.keep_first_rows(1)
+    cache.batch_select_indices(slice(0, 1))  # what the sampler does to drop the unconditional half
     keys, _ = cache.update(k[:1, :, :1] + 100, k[:1, :, :1], 0)
     assert keys.shape == (1, 1, 3, 4) and torch.equal(keys[0, :, :2], k[0]) and torch.equal(keys[0, :, 2], k[0, :, 0] + 100)
     with pytest.raises(ValueError, match="KV cache holds 3 positions"):
@@ -448,8 +451,6 @@ def test_official_greedy_runs_with_and_without_cache(official_fixture_dir):
 
 
 def test_draw_categorical_matches_the_distribution_and_never_draws_zero_mass():
-    from prologue_hf.pipelines.sampling import draw_categorical
-
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     generator = _seeded(0)
     draws = torch.stack([draw_categorical(probs, generator) for _ in range(20000)])  # [n, 2]

@@ -6,24 +6,18 @@ from transformers import PreTrainedModel
 
 from ..models import PrologueARForCausalLM, PrologueTokenizerModel
 from ..models.modeling_prologue_post import ProloguePostModel
-from .decoding import PackedARDecoder, packed_decoder_unsupported
+from .filters import draw_categorical, top_k_filter, top_p_filter
 from .imagenet_labels import IMAGENET_CLASS_NAMES, imagenet_id2label
+from .kv_cache import PreallocatedCache
+from .logits_processor import PrologueSegmentLogitsProcessor, StepPlan
 from .pipeline_prologue import ProloguePipeline, ProloguePipelineOutput, prologue_model_card
-from .sampling import (
-    SAMPLING_PRESETS,
-    GuidanceSchedule,
-    PreallocatedCache,
-    PrologueSegmentLogitsProcessor,
-    SamplerOutput,
-    SamplingParams,
-    generate_ids,
-)
+from .sampling import SamplerOutput, generate_ids
+from .sampling_params import SAMPLING_PRESETS, GuidanceSchedule, SamplingParams
 
 __all__ = [
     "IMAGENET_CLASS_NAMES",
     "SAMPLING_PRESETS",
     "GuidanceSchedule",
-    "PackedARDecoder",
     "PreTrainedModel",
     "PreallocatedCache",
     "PrologueARForCausalLM",
@@ -34,8 +28,11 @@ __all__ = [
     "PrologueTokenizerModel",
     "SamplerOutput",
     "SamplingParams",
+    "StepPlan",
+    "draw_categorical",
     "generate_ids",
     "imagenet_id2label",
-    "packed_decoder_unsupported",
     "prologue_model_card",
+    "top_k_filter",
+    "top_p_filter",
 ]

@@ -3,7 +3,7 @@
 Components by role, as diffusers' DiT pipeline: ``tokenizer`` (decodes visual ids: a
 :class:`~prologue_hf.PrologueTokenizerModel`, or a :class:`~prologue_hf.ProloguePostModel` that decodes through its
 frozen visual tokenizer) and ``ar`` (:class:`~prologue_hf.PrologueARForCausalLM`, samples ids through
-:func:`~prologue_hf.pipelines.sampling.generate_ids`). ``model_index.json`` names both components under the library
+:func:`~prologue_hf.pipelines.generate_ids`). ``model_index.json`` names both components under the library
 ``prologue_hf.pipelines`` so that ``ProloguePipeline.from_pretrained(folder_or_repo)`` reloads them. diffusers imports
 nothing itself: it resolves a component's library from ``sys.modules`` and needs that module to expose the class and
 its loadable base class (``PreTrainedModel``); ``prologue_hf.pipelines`` does both and is always imported along with
@@ -28,7 +28,8 @@ from ..models import PrologueARForCausalLM, PrologueTokenizerModel
 from ..models.modeling_prologue_post import ProloguePostModel
 from ..vocabulary import check_compatible
 from .imagenet_labels import imagenet_id2label
-from .sampling import SamplingParams, generate_ids
+from .sampling import generate_ids
+from .sampling_params import SamplingParams
 
 logger = logging.get_logger(__name__)
 
@@ -88,7 +89,7 @@ class ProloguePipeline(DiffusionPipeline):
             when the AR has 1000 classes. A name may list synonyms separated by commas (``"tench, Tinca tinca"``),
             each usable in :meth:`get_label_ids`.
         default_sampling: what ``__call__`` uses when ``sampling`` is not given: a preset name of
-            :data:`~prologue_hf.pipelines.sampling.SAMPLING_PRESETS`, a :class:`SamplingParams` (stored as a dict)
+            :data:`~prologue_hf.pipelines.SAMPLING_PRESETS`, a :class:`SamplingParams` (stored as a dict)
             or ``None`` (plain sampling without guidance).
 
     >>> from prologue_hf.testing import tiny_pipeline
