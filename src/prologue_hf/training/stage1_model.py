@@ -24,6 +24,7 @@ from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
 from ..vocabulary import check_compatible
 from .losses import (
     PrologueStage1LossConfig,
+    RoutedARLossOutput,
     adaptive_gan_weight,
     build_perceptual_loss,
     discriminator_loss,
@@ -114,6 +115,22 @@ class PrologueStage1Model(nn.Module):
         self.perceptual = perceptual_loss
 
     # -------------------------------------------------------------------------------------------- pieces
+    def ar_loss(self, encoded, labels: torch.Tensor | None) -> RoutedARLossOutput:
+        """The compact AR's routed cross-entropy on the tokenizer output ``encoded`` (:func:`routed_ar_loss` with this
+        model's AR target, visual dropout and label drop; ``labels`` ``[B]``, ``-1`` or None = unlabelled)."""
+        cfg = self.loss_config
+        batch, device = encoded.visual_ids.shape[0], encoded.visual_ids.device
+        class_labels = prepare_class_labels(labels, batch, self.compact_ar.vocabulary.num_classes, cfg.ar_label_drop_prob, device)
+        return routed_ar_loss(
+            self.compact_ar,
+            encoded,
+            class_labels,
+            target=self.ar_target,
+            visual_dropout=cfg.visual_dropout,
+            prologue_target_gradient=cfg.prologue_target_gradient,
+            visual_soft_temperature=cfg.visual_soft_temperature,
+        )
+
     def _frozen_discriminator_logits(self, images: torch.Tensor) -> torch.Tensor:
         """``D(images)`` with detached discriminator weights: the gradient reaches ``images`` only."""
         params = {name: p.detach() for name, p in self.discriminator.named_parameters()}
@@ -185,18 +202,7 @@ class PrologueStage1Model(nn.Module):
                 disc_loss = sum(p.sum() for p in self.discriminator.parameters()) * 0.0
 
         if self.ar_target != "none":
-            class_labels = prepare_class_labels(
-                labels, pixel_values.shape[0], self.compact_ar.vocabulary.num_classes, cfg.ar_label_drop_prob, pixel_values.device
-            )
-            ar = routed_ar_loss(
-                self.compact_ar,
-                out,
-                class_labels,
-                target=self.ar_target,
-                visual_dropout=cfg.visual_dropout,
-                prologue_target_gradient=cfg.prologue_target_gradient,
-                visual_soft_temperature=cfg.visual_soft_temperature,
-            )
+            ar = self.ar_loss(out, labels)
             generator = generator + cfg.ar_weight * ar.loss
             metrics["ar_ce"] = ar.loss.detach()
             metrics.update(ar.metrics)
@@ -290,21 +296,9 @@ class ProloguePostStage1Model(PrologueStage1Model):
     ) -> PrologueStage1Output:
         """``pixel_values`` ``[B, C, S, S]`` in ``[-1, 1]``, ``labels`` ``[B]`` (``-1`` = unlabelled) ->
         :class:`PrologueStage1Output` with ``loss = ar_weight * L_AR`` and the AR metrics."""
-        cfg = self.post_loss_config
         encoded = self.tokenizer(pixel_values)  # frozen visual ids + Prob-STE prologue (p~ carries the gradient)
-        class_labels = prepare_class_labels(
-            labels, pixel_values.shape[0], self.compact_ar.vocabulary.num_classes, cfg.ar_label_drop_prob,
-            encoded.visual_ids.device,
-        )
-        ar = routed_ar_loss(
-            self.compact_ar,
-            encoded,
-            class_labels,
-            target="prologue",
-            visual_dropout=cfg.visual_dropout,
-            prologue_target_gradient=cfg.prologue_target_gradient,
-        )
-        loss = cfg.ar_weight * ar.loss
+        ar = self.ar_loss(encoded, labels)  # the stage-1 config of to_stage1(): the AR fields of post_loss_config
+        loss = self.post_loss_config.ar_weight * ar.loss
         metrics = {"ar_ce": ar.loss.detach(), **ar.metrics, "generator_loss": loss.detach()}
         return PrologueStage1Output(
             loss=loss,
