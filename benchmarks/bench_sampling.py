@@ -280,27 +280,31 @@ labels = torch.arange(batch) % ar.config.num_classes
 params = SamplingParams.from_preset(sys.argv[6])
 with torch.no_grad():
     generate_ids(ar, labels, params, generator=torch.Generator().manual_seed(seed))  # warm-up
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     generate_ids(ar, labels, params, generator=torch.Generator().manual_seed(seed))
-    print(time.perf_counter() - start)
+    print(time.perf_counter() - start, time.process_time() - start_cpu)
 """
 
 
 def time_checkouts(
     sources: dict[str, str], config: str, dtype: str, batch: int, repeats: int, threads: int | None
 ) -> dict[str, list[float]]:
-    """Seconds of one ``generate_ids`` run (default arguments, after a warm-up run in the same process) per
+    """Wall seconds of one ``generate_ids`` run (default arguments, after a warm-up run in the same process) per
     checkout, ``repeats`` rounds alternating between the checkouts (``sources``: name -> ``src`` folder), each run
-    in its own subprocess so that the two versions of the package never meet."""
-    times: dict[str, list[float]] = {name: [] for name in sources}
+    in its own subprocess so that the two versions of the package never meet. The process's CPU seconds of each run
+    go to ``"<name>_cpu"`` (with one thread, a measure that time-slicing by other jobs does not inflate)."""
+    times: dict[str, list[float]] = {key: [] for name in sources for key in (name, f"{name}_cpu")}
     for round_index in range(repeats):
         for name, src in sources.items():
             env = {**os.environ, "PYTHONPATH": src}
             command = [sys.executable, "-c", _CHECKOUT_RUN, config, dtype, str(batch), str(threads or 0),
                        str(round_index), PRESET]
             out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-            times[name].append(float(out.stdout.split()[-1]))
-            print(f"{config} {dtype} batch {batch} round {round_index} {name}: {times[name][-1]:.2f} s", flush=True)
+            wall, cpu = (float(value) for value in out.stdout.split()[-2:])
+            times[name].append(wall)
+            times[f"{name}_cpu"].append(cpu)
+            print(f"{config} {dtype} batch {batch} round {round_index} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU",
+                  flush=True)
     return times
 
 
@@ -316,10 +320,12 @@ def compare_checkouts(args) -> list[dict]:
                 for name, values in times.items():
                     row[f"{name}_best"], row[f"{name}_median"] = min(values), statistics.median(values)
                 row["this_over_against_median"] = row["this_median"] / row["against_median"]
+                row["this_over_against_cpu_median"] = row["this_cpu_median"] / row["against_cpu_median"]
                 results.append(row)
                 print(f"| {config} | {dtype} | {batch} | {row['against_median']:.2f} ({row['against_best']:.2f}) | "
-                      f"{row['this_median']:.2f} ({row['this_best']:.2f}) | {row['this_over_against_median']:.3f} |",
-                      flush=True)
+                      f"{row['this_median']:.2f} ({row['this_best']:.2f}) | {row['this_over_against_median']:.3f} | "
+                      f"{row['against_cpu_median']:.2f} | {row['this_cpu_median']:.2f} | "
+                      f"{row['this_over_against_cpu_median']:.3f} |", flush=True)
     return results
 
 

@@ -65,6 +65,7 @@ def test_bench_sampling_against_mode_times_both_checkouts_in_turn(load_example, 
     rows = bench.main(["--configs", "tiny", "--batch-sizes", "1", "--dtypes", "fp32", "--repeats", "1",
                        "--against", src, "--json", str(out)])
     (row,) = rows
-    assert set(row["times"]) == {"this", "against"} and all(len(t) == 1 and t[0] > 0 for t in row["times"].values())
+    assert set(row["times"]) == {"this", "against", "this_cpu", "against_cpu"}
+    assert all(len(t) == 1 and t[0] > 0 for t in row["times"].values())
     assert row["this_over_against_median"] == pytest.approx(row["this_median"] / row["against_median"])
     assert json.loads(out.read_text())[0]["batch"] == 1
