@@ -5,7 +5,8 @@
 
 `--config` is a flat YAML of argument names (examples/configs/ar_*.yaml); flags given after it win. Resume with
 `--resume_from_checkpoint latest` (or last / true: the newest complete checkpoint; or a checkpoint folder).
-FSDP / DeepSpeed: pass `--config_file examples/accelerate_configs/{fsdp,deepspeed_zero2,deepspeed_zero3}.yaml` to `accelerate launch`.
+FSDP / DeepSpeed: pass `--config_file examples/accelerate_configs/{fsdp,deepspeed_zero2,deepspeed_zero3}.yaml`
+to `accelerate launch`.
 """
 
 from prologue_hf.training.ar_recipe import parse_ar_args, train_ar
