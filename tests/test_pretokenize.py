@@ -9,6 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
+from prologue_hf.identity import tokenizer_identity
 from prologue_hf.testing import tiny_ar_config, tiny_tokenizer, tiny_tokenizer_config
 from prologue_hf.training.image_data import load_image_dataset
 from prologue_hf.training.pretokenize import (
@@ -21,7 +22,6 @@ from prologue_hf.training.pretokenize import (
     ids_dtype,
     load_pretokenized_dataset,
     pretokenize_dataset,
-    tokenizer_identity,
 )
 
 CLASSES = ("ant", "bee", "cow")

@@ -325,11 +325,11 @@ def test_example_cli_trains_from_a_local_tokenizer_folder(tmp_path, load_example
 
 # ---------------------------------------------------------------------------------------------- stage 2 and pipeline
 def test_pretokenize_on_top_of_prologue_post(tmp_path):
+    from prologue_hf.identity import tokenizer_identity
     from prologue_hf.training.pretokenize import (
         PretokenizeConfig,
         PretokenizedInfo,
         pretokenize_dataset,
-        tokenizer_identity,
     )
 
     post = tiny_post_model("diffusers_vqmodel")
