@@ -135,7 +135,9 @@ def load_pipeline(name_or_path: str | Path, device: str = "auto") -> ProloguePip
     checkpoint) or a Hub id already in the local cache, on ``device`` (``"auto"``: CUDA when there is one)."""
     path = Path(name_or_path)
     if path.is_dir() and not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"--pipeline {str(name_or_path)!r} is a folder but not a ProloguePipeline: no model_index.json")
+        raise FileNotFoundError(
+            f"--pipeline {str(name_or_path)!r} is a folder but not a ProloguePipeline: no model_index.json"
+        )
     try:
         pipeline = ProloguePipeline.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as error:
@@ -199,7 +201,9 @@ def resolve_class(pipeline: ProloguePipeline, value: str | int | None) -> tuple[
     else:
         raise AppInputError(f"class: expected a class name or id, got {value!r}")
     if not 0 <= index <= pipeline.num_classes:
-        raise AppInputError(f"class: id {index} is outside [0, {pipeline.num_classes}] ({pipeline.num_classes} = unconditional)")
+        raise AppInputError(
+            f"class: id {index} is outside [0, {pipeline.num_classes}] ({pipeline.num_classes} = unconditional)"
+        )
     return index, names[index]
 
 
@@ -238,7 +242,9 @@ def sampling_controls(params: SamplingParams) -> dict[str, float | int | str]:
         "visual_scale": visual.scale,
         "visual_schedule": visual.schedule,
         "visual_power": visual.power,
-        "prologue_temperature": params.temperature if params.prologue_temperature is None else params.prologue_temperature,
+        "prologue_temperature": (
+            params.temperature if params.prologue_temperature is None else params.prologue_temperature
+        ),
         "temperature": params.temperature,
         "top_k": params.top_k,
         "top_p": params.top_p,
@@ -295,7 +301,8 @@ def format_prologue_ids(prologue_ids: torch.Tensor | None) -> str:
     """``[n, K]`` ids -> one line of space-separated ids per image (what the prologue-ids box shows)."""
     if prologue_ids is None:
         return ""
-    return "\n".join(" ".join(str(int(i)) for i in row) for row in torch.as_tensor(prologue_ids).reshape(len(prologue_ids), -1))
+    rows = torch.as_tensor(prologue_ids).reshape(len(prologue_ids), -1)
+    return "\n".join(" ".join(str(int(i)) for i in row) for row in rows)
 
 
 def parse_prologue_ids(text: str | None, pipeline: ProloguePipeline) -> torch.LongTensor:
@@ -316,7 +323,9 @@ def parse_prologue_ids(text: str | None, pipeline: ProloguePipeline) -> torch.Lo
     rows = []
     for number, line in enumerate(lines, start=1):
         if re.search(r"[^\d\s,\[\]\-]", line):
-            raise AppInputError(f"prologue ids, line {number}: only integers, spaces and commas are allowed, got {line!r}")
+            raise AppInputError(
+                f"prologue ids, line {number}: only integers, spaces and commas are allowed, got {line!r}"
+            )
         values = [int(v) for v in re.findall(r"-?\d+", line)]
         if len(values) != k:
             raise AppInputError(f"prologue ids, line {number}: expected {k} ids, got {len(values)}")
@@ -340,7 +349,8 @@ def _check_count(num_images) -> int:
 
 def check_seed(seed) -> int:
     """A seed from a number box: a whole number in ``[0, 2**63)``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or not math.isfinite(seed) or not float(seed).is_integer():
+    whole = not isinstance(seed, bool) and isinstance(seed, (int, float)) and math.isfinite(seed)
+    if not (whole and float(seed).is_integer()):
         raise AppInputError(f"seed must be a whole number, got {seed!r}")
     if not 0 <= int(seed) < 2**63:
         raise AppInputError(f"seed must lie in [0, 2**63), got {int(seed)}")
@@ -508,7 +518,9 @@ def prologue_attention(pipeline: ProloguePipeline, draw: Draw | None, index) -> 
         raise AppInputError(f"image index must be a whole number, got {index!r}")
     index = int(index)
     if not 0 <= index < count:
-        raise AppInputError(f"image index must lie in [0, {count}) (the last draw has {count} images), got {index}")
+        raise AppInputError(
+            f"image index must lie in [0, {count}) (the last draw has {count} images), got {index}"
+        )
     ar = pipeline.ar
     vocab = ar.config.vocabulary
     input_ids = vocab.build_sequence(
@@ -626,15 +638,25 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
                 )
                 with gr.Accordion("per-segment sampling controls (used with 'custom')", open=False):
                     with gr.Row():
-                        prologue_scale = gr.Number(start_controls["prologue_scale"], label="prologue guidance scale (0 = off)")
-                        prologue_schedule = gr.Dropdown(list(SCHEDULE_CHOICES), value=start_controls["prologue_schedule"], label="prologue schedule")
+                        prologue_scale = gr.Number(
+                            start_controls["prologue_scale"], label="prologue guidance scale (0 = off)"
+                        )
+                        prologue_schedule = gr.Dropdown(
+                            list(SCHEDULE_CHOICES), value=start_controls["prologue_schedule"], label="prologue schedule"
+                        )
                         prologue_power = gr.Number(start_controls["prologue_power"], label="prologue cosine power")
                     with gr.Row():
-                        visual_scale = gr.Number(start_controls["visual_scale"], label="visual guidance scale (0 = off)")
-                        visual_schedule = gr.Dropdown(list(SCHEDULE_CHOICES), value=start_controls["visual_schedule"], label="visual schedule")
+                        visual_scale = gr.Number(
+                            start_controls["visual_scale"], label="visual guidance scale (0 = off)"
+                        )
+                        visual_schedule = gr.Dropdown(
+                            list(SCHEDULE_CHOICES), value=start_controls["visual_schedule"], label="visual schedule"
+                        )
                         visual_power = gr.Number(start_controls["visual_power"], label="visual cosine power")
                     with gr.Row():
-                        prologue_temperature = gr.Number(start_controls["prologue_temperature"], label="prologue temperature")
+                        prologue_temperature = gr.Number(
+                            start_controls["prologue_temperature"], label="prologue temperature"
+                        )
                         temperature = gr.Number(start_controls["temperature"], label="visual temperature")
                     with gr.Row():
                         top_k = gr.Number(start_controls["top_k"], precision=0, minimum=0, label="top-k (0 = off)")
@@ -651,7 +673,8 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
             with gr.Column(scale=2):
                 message = gr.Markdown("Choose a class and press **Resample all**.", elem_id="message")
                 gallery = gr.Gallery(
-                    label="samples", columns=4, fit_columns=False, height=320, format="png", elem_id="gallery", object_fit="contain"
+                    label="samples", columns=4, fit_columns=False, height=320, format="png", elem_id="gallery",
+                    object_fit="contain",
                 )
                 prologue_box = gr.Textbox(
                     label="prologue ids (one line per image; edit or paste, then Resample visual)",
@@ -711,7 +734,8 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
             values = (prologue_scale, prologue_schedule, prologue_power, visual_scale, visual_schedule, visual_power,
                       prologue_temperature, temperature, top_k, top_p)
             draw = resample_all(pipeline, class_value, count, seed, preset, controls_dict(values), progress_fn(progress))
-            return gallery_items(draw), format_prologue_ids(draw.prologue_ids), draw_message(draw, False), draw, draw.seed + 1, 0
+            ids_text = format_prologue_ids(draw.prologue_ids)
+            return gallery_items(draw), ids_text, draw_message(draw, False), draw, draw.seed + 1, 0
 
         all_button.click(
             on_resample_all,
@@ -731,7 +755,8 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
             draw = resample_visual(
                 pipeline, class_value, prologue_text, count, seed, preset, controls_dict(values), progress_fn(progress)
             )
-            return gallery_items(draw), format_prologue_ids(draw.prologue_ids), draw_message(draw, True), draw, draw.seed + 1, 0
+            ids_text = format_prologue_ids(draw.prologue_ids)
+            return gallery_items(draw), ids_text, draw_message(draw, True), draw, draw.seed + 1, 0
 
         visual_button.click(
             on_resample_visual,
@@ -754,7 +779,9 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
         def on_attention(draw, index):
             return prologue_attention(pipeline, draw, index)
 
-        attention_button.click(on_attention, [draw_state, index_box], attention_image, api_name="attention", **pipeline_call)
+        attention_button.click(
+            on_attention, [draw_state, index_box], attention_image, api_name="attention", **pipeline_call
+        )
 
         @failing_as_message
         def on_upload(image):
