@@ -1,8 +1,8 @@
 """The decode step's matmuls alone, per kernel: what each way of computing ``x @ W.T`` costs at few rows (run by hand).
 
-For the B AR's matmul shapes in the packed decoder's layout (per layer: fused q/k/v ``[3D, D]``, ``o`` ``[D, D]``,
-fused gate/up ``[2I, D]``, ``down`` ``[D, I]``; then the ``[vocab, D]`` head), with distinct random weights so every
-step streams all of them from memory, it times one pass of ``rows`` random rows through all of them with
+For the B AR's matmul shapes as the sampler's packed-linear swap runs them (per layer: fused q/k/v ``[3D, D]``,
+``o`` ``[D, D]``, fused gate/up ``[2I, D]``, ``down`` ``[D, I]``; then the ``[vocab, D]`` head), with distinct random
+weights so every step streams all of them from memory, it times one pass of ``rows`` random rows through all of them with
 
 * ``F.linear``: what ``nn.Linear`` does (the weight is re-packed inside the BLAS call every time);
 * ``x @ W.T contiguous``: the weight stored transposed once;
@@ -38,7 +38,8 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def decode_shapes(config: PrologueARConfig) -> list[tuple[int, int]]:
-    """``(out, in)`` of every matmul of one decode step in the packed decoder's layout."""
+    """``(out, in)`` of every matmul of one decode step as the packed-linear swap runs it (q/k/v and gate/up share
+    one product)."""
     hidden, inter, head_dim = config.hidden_size, config.intermediate_size, config.head_dim
     qkv = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
     per_layer = [(qkv, hidden), (config.num_attention_heads * head_dim, hidden), (2 * inter, hidden), (hidden, inter)]

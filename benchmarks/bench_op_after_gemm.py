@@ -2,8 +2,8 @@
 
 A decode step alternates big weight reads (a ``[4224, 768]`` weight is 13 MB in fp32, more than the 2 MB L2 cache)
 with small ops on a few KB (norms, residual adds). This times, over ``--layers`` distinct weights at ``--rows`` rows
-(the packed kernel the packed decoder uses for the dtype: MKL packed SGEMM for fp32, oneDNN's reordered weight for
-bf16), each GEMM followed by one small op, against the GEMMs alone: the difference per GEMM is what the op costs
+(the packed kernel the sampler's packed-linear swap uses for the dtype: MKL packed SGEMM for fp32, oneDNN's
+reordered weight for bf16), each GEMM followed by one small op, against the GEMMs alone: the difference per GEMM is what the op costs
 straight after the weight stream. Each op is also timed repeated on a warm cache. The ops: an ``add`` and the same
 RMS norm written several ways (``F.rms_norm``; transformers' Llama form; mean of squares; ``linalg.vecdot``; a
 mat-vec with a ones vector; ``vector_norm``), to tell an op's own cost from the cost of coming back to small ops

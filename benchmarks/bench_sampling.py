@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache, LogitsProcessorList
 
 from prologue_hf import PrologueARConfig, PrologueARForCausalLM
-from prologue_hf.models.packed_linear import PackedLinear, packed_linears
+from prologue_hf.models.packed_linear import packed_linears
 from prologue_hf.pipelines import (
     PrologueSegmentLogitsProcessor,
     SamplingParams,
@@ -109,15 +109,20 @@ def matmul_only_seconds(ar: PrologueARForCausalLM, rows: int, packed: bool = Fal
     that ``generate_ids`` swaps in for them (``packed=True``)."""
     weight = ar.lm_head.weight
 
-    def step(linears, inputs):
+    def step(products, inputs):
         with torch.no_grad():
-            for linear, x in zip(linears, inputs):
-                linear(x)
+            for product, x in zip(products, inputs):
+                product(x)
 
-    with packed_linears(ar, rows) if packed else contextlib.nullcontext():
-        linears = [m for m in ar.modules() if isinstance(m, (torch.nn.Linear, PackedLinear))]
-        inputs = [torch.randn(rows, 1, m.in_features, dtype=weight.dtype, device=weight.device) for m in linears]
-        return _best_time(functools.partial(step, linears, inputs), repeats)
+    with packed_linears(ar, rows) if packed else contextlib.nullcontext() as swapped:
+        if packed:  # one call per packed product: siblings (q/k/v, gate/up) share one
+            products = list({id(module.packed): module.packed for module in swapped}.values())
+            widths = [product.shape[1] for product in products]
+        else:
+            products = [m for m in ar.modules() if isinstance(m, torch.nn.Linear)]
+            widths = [m.in_features for m in products]
+        inputs = [torch.randn(rows, 1, width, dtype=weight.dtype, device=weight.device) for width in widths]
+        return _best_time(functools.partial(step, products, inputs), repeats)
 
 
 def attention_only_seconds(ar: PrologueARForCausalLM, rows: int, repeats: int = 2) -> float:
