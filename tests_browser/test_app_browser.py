@@ -260,6 +260,32 @@ def test_app_in_a_real_browser(server, browser, pipeline_info, tmp_path):
     variation_srcs = _gallery(browser, NUM_IMAGES, selector="#variations")
     assert all(_fetch_png(src).shape == (size, size, 3) for src in variation_srcs)
 
+    # a full-page screenshot for the README (Chromium renders the whole page, beyond the window)
+    browser.execute_script("window.scrollTo(0, 0);")
+    time.sleep(0.5)
+    page = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = browser.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": page["width"], "height": page["height"], "scale": 1},
+        },
+    )
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+    with PIL.Image.open(SCREENSHOT) as image:
+        assert image.format == "PNG" and image.size[0] >= 1000 and image.size[1] >= page["height"] - 1
+
+    # a class the pipeline does not know -> the error message on the page; the last images are not replaced
+    class_input.click()
+    class_input.clear()
+    class_input.send_keys("no such class")
+    browser.find_element(By.ID, "seed").click()  # leave the menu: the typed value is kept (custom values allowed)
+    browser.find_element(By.ID, "resample-all").click()
+    _wait(browser, lambda d: "unknown label name 'no such class'" in d.find_element(By.TAG_NAME, "body").text, "no error")
+    assert _loaded_images(browser, "#gallery .thumbnails img, #gallery .grid-wrap img") == second_srcs
+
     # nothing but the app: every request the page made went to 127.0.0.1:<port> (or stayed inside the browser)
     origin = server.rstrip("/")
     requested = set()
@@ -272,20 +298,3 @@ def test_app_in_a_real_browser(server, browser, pipeline_info, tmp_path):
         if not url.startswith((origin, origin.replace("http", "ws"), "data:", "blob:", "chrome:", "about:"))
     )  # fmt: skip
     assert any(url.startswith(origin) for url in requested) and not outside, outside
-
-    # a full-page screenshot for the README (Chromium renders the whole page, beyond the window)
-    browser.execute_script("window.scrollTo(0, 0);")
-    time.sleep(0.5)
-    size = browser.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    shot = browser.execute_cdp_cmd(
-        "Page.captureScreenshot",
-        {
-            "format": "png",
-            "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
-        },
-    )
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
-    with PIL.Image.open(SCREENSHOT) as image:
-        assert image.format == "PNG" and image.size[0] >= 1000 and image.size[1] >= size["height"] - 1
