@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 
 from prologue_hf import PrologueARForCausalLM, PrologueTokenizerModel
 from prologue_hf.models.discriminator import PrologueDiscriminator
@@ -324,3 +324,25 @@ def test_configs_parse_with_paper_values():
         assert args.learning_rate == 1e-4 and args.min_learning_rate == floor and args.num_train_epochs == epochs
         assert (args.tokenizer_adam_beta1, args.tokenizer_adam_beta2, args.ar_adam_beta1, args.ar_weight_decay) == (0.0, 0.99, 0.9, 0.03)
         assert json.loads(model_args.compact_ar_overrides)["num_hidden_layers"] == 7
+
+
+def test_tau_schedule_and_collapse_diagnostics_in_the_logs(tmp_path, image_dir):
+    """Issue 15 items 2-3: the Prob-STE tau follows its schedule step by step, and every logging step carries the
+    prologue diagnostics of its last batch."""
+    trainer = _trainer(
+        tmp_path, image_dir, "tau", gan=False, max_steps=4, prologue_temperature_schedule="linear",
+        prologue_temperature_start=1.0, prologue_temperature_end=0.2, prologue_temperature_steps=4,
+    )
+    quantizer = trainer.stage1_model.tokenizer.prologue_quantizer
+    seen = []
+    trainer.add_callback(type("Probe", (TrainerCallback,), {
+        "on_step_end": lambda self, args, state, control, **kw: seen.append(quantizer.temperature),
+    })())
+    trainer.train()
+    assert seen == pytest.approx([1.0, 0.8, 0.6, 0.4])
+    logs = _step_logs(trainer)
+    assert sorted(logs) == [1, 2, 3, 4]
+    for entry in logs.values():
+        assert 0 < entry["prologue_p_max_median"] <= 1 and entry["prologue_effective_codes_median"] >= 1
+        assert 0 < entry["prologue_distinct_tuples"] <= 1 and "prologue_usage/pos0" in entry
+        assert "prologue_label_mi_bits" in entry

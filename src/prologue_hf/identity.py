@@ -39,6 +39,7 @@ VOLATILE_CONFIG_KEYS = frozenset({
     "_use_default_values",  # diffusers' record of which fields were defaulted, not their values
     "dtype",  # the dtype a model was saved in: the weights hash sees the dtype actually held
     "torch_dtype",  # the same, under its older name
+    "codebook_init",  # how the codebooks were initialised before training; a config written before it existed keeps its hash
 })
 
 

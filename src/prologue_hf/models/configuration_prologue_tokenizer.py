@@ -12,6 +12,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 TOKENIZER_TYPES = ("prologue", "2d", "1d")
+CODEBOOK_INITS = ("normal", "simvq")
 
 
 def normalize_config_fields(config: PreTrainedConfig) -> None:
@@ -56,6 +57,9 @@ class PrologueTokenizerConfig(PreTrainedConfig):
         patch_rope_theta: RoPE base of patch positions (2000 in the official code).
         query_rope_theta: RoPE base of query (prologue / 1D) positions (10000).
         layer_scale_init: initial value of the residual gates (the official init scales them by 1e-5).
+        codebook_init: init of both codebooks: ``"normal"`` N(0, 1) or ``"simvq"`` N(0, 1/codebook_dim) (the official
+            code's). Only the scale differs and both codebooks are L2-normalised in use, but the scale sets how fast
+            AdamW turns a code (a step of ~lr per element is a larger angle on a smaller vector).
         dropout, attention_dropout: dropouts of the ViT blocks.
     """
 
@@ -84,6 +88,7 @@ class PrologueTokenizerConfig(PreTrainedConfig):
     patch_rope_theta: float | int = 2000.0
     query_rope_theta: float | int = 10000.0
     layer_scale_init: float | int = 1e-5
+    codebook_init: str = "normal"
     dropout: float | int = 0.0
     attention_dropout: float | int = 0.0
     initializer_range: float | int = 0.02
@@ -95,6 +100,8 @@ class PrologueTokenizerConfig(PreTrainedConfig):
             self.intermediate_size = round(self.hidden_size * 8 / 3)
         if self.decoder_intermediate_size is None:
             self.decoder_intermediate_size = round(self.decoder_hidden_size * 8 / 3)
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
         if self.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"tokenizer_type must be one of {TOKENIZER_TYPES}, got {self.tokenizer_type!r}")
         if self.num_prologue_tokens is None:

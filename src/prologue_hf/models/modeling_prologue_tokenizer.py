@@ -348,8 +348,9 @@ class PrologueTokenizerPreTrainedModel(PreTrainedModel):
             nn.init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=1.0)
+        elif isinstance(module, nn.Embedding):  # the codebooks; "simvq" is the official N(0, 1/z_dim)
+            simvq = getattr(self.config, "codebook_init", "normal") == "simvq"
+            nn.init.normal_(module.weight, std=module.weight.shape[-1] ** -0.5 if simvq else 1.0)
         elif isinstance(module, PrologueRMSNorm):
             nn.init.ones_(module.weight)
         elif isinstance(module, ViTBlock):

@@ -281,9 +281,9 @@ def _sample_grid(pipe, config: DemoConfig, path: str) -> None:
 
 
 @torch.no_grad()
-def _reconstruction(tokenizer, test_pixels: torch.Tensor, grid_path: str) -> dict:
-    """Reconstruction L1 / PSNR and codebook usage on the test images ``[B, 3, S, S]`` in [-1, 1]; writes the grid of
-    the first 16 originals over their reconstructions."""
+def _reconstruction(tokenizer, test_pixels: torch.Tensor, grid_path: str, test_labels: torch.Tensor | None = None) -> dict:
+    """Reconstruction L1 / PSNR, codebook usage and prologue collapse diagnostics on the test images ``[B, 3, S, S]``
+    in [-1, 1] (labels ``[B]``); writes the grid of the first 16 originals over their reconstructions."""
     from ..evaluation.reconstruction import psnr
     from ..image_grid import image_grid
 
@@ -301,6 +301,12 @@ def _reconstruction(tokenizer, test_pixels: torch.Tensor, grid_path: str) -> dic
     }
     if tokenizer.config.num_prologue_tokens:
         result["prologue_codebook"] = tokenizer.codebook_usage(torch.cat([e.prologue_ids for e in encoded]), "prologue")
+        from ..training.diagnostics import model_prologue_diagnostics
+
+        labels = None if test_labels is None else test_labels[:256]
+        result["prologue_diagnostics"], result["prologue_collapse_warning"] = model_prologue_diagnostics(
+            tokenizer, test_pixels[:256], labels
+        )
     return result
 
 
@@ -368,7 +374,11 @@ def run_demo(config: DemoConfig) -> dict:
 
     # 7. reconstruction grid and codebook usage on the test set
     test_pixels = PrologueTokenizerModel.preprocess([test_set[i]["image"] for i in range(len(test_set))])
-    report = {"config": asdict(config), **_reconstruction(tokenizer, test_pixels, os.path.join(out, "reconstructions.png"))}
+    test_labels = torch.tensor(test_set["label"]) if "label" in test_set.column_names else None
+    report = {
+        "config": asdict(config),
+        **_reconstruction(tokenizer, test_pixels, os.path.join(out, "reconstructions.png"), test_labels),
+    }
     report["test_nll"] = _visual_nll_bits(ar.eval(), tokens["test"])
 
     # 8. Fréchet distance on the offline EfficientNet-Lite0 features (never called FID)
@@ -416,6 +426,12 @@ def _report_markdown(report: dict) -> str:
             f"| prologue codebook usage / perplexity | {report['prologue_codebook']['usage']:.3f} / "
             f"{report['prologue_codebook']['perplexity']:.1f} |"
         )
+    diagnostics = report.get("prologue_diagnostics") or {}
+    if diagnostics:  # issue 15: is the prologue alive? (first 256 test images; docs/training.md)
+        shown = ", ".join(f"{k.removeprefix('prologue_')}={v:.3g}" for k, v in diagnostics.items() if "/pos" not in k)
+        lines.append(f"| prologue diagnostics (256 test images) | {shown} |")
+        if report.get("prologue_collapse_warning"):
+            lines.append(f"| prologue collapse warning | {report['prologue_collapse_warning']} |")
     for key, value in report["test_nll"].items():
         lines.append(f"| AR test NLL, {key.replace('_', ' ')} | {value:.3f} |")
     if "fd_effnet_lite0" in report:

@@ -36,6 +36,7 @@ from ..image_grid import image_grid
 from ..models.configuration_prologue_tokenizer import PrologueTokenizerConfig
 from ..models.discriminator import PrologueDiscriminator, PrologueDiscriminatorConfig
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
+from .diagnostics import model_prologue_diagnostics
 from .ema import ModelEMA
 from .launch import check_distributed_launch
 from .losses import PrologueStage1LossConfig
@@ -54,6 +55,7 @@ from .recipe import (
     write_model_card,
 )
 from .stage1_model import PrologueStage1Model
+from .tau_schedule import ProbSTETemperatureSchedule, temperature_schedule_from_args
 
 logger = logging.get_logger(__name__)
 
@@ -87,6 +89,10 @@ class PrologueTokenizerTrainingArguments(TrainingArguments):
     ema_halflife_steps: float = field(default=1000.0, metadata={"help": "Half-life of the tokenizer EMA in steps (official: 1000); 0 disables the EMA."})
     reconstruction_grid_steps: int = field(default=0, metadata={"help": "Write a PNG grid of reconstructions every N steps (0: never)."})
     reconstruction_grid_images: int = field(default=8, metadata={"help": "Images in each reconstruction grid."})
+    prologue_temperature_schedule: str = field(default="constant", metadata={"help": "Prob-STE tau schedule: 'constant' (the config's prologue_temperature), 'linear', 'cosine' or 'exponential' from prologue_temperature_start to _end over prologue_temperature_steps (docs/training.md)."})
+    prologue_temperature_start: float | None = field(default=None, metadata={"help": "tau at step 0 (default: the config's prologue_temperature)."})
+    prologue_temperature_end: float | None = field(default=None, metadata={"help": "tau after prologue_temperature_steps (default: the config's prologue_temperature)."})
+    prologue_temperature_steps: int = field(default=0, metadata={"help": "Optimizer steps of the tau anneal."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,6 +102,11 @@ class PrologueTokenizerTrainingArguments(TrainingArguments):
             raise ValueError(f"ema_halflife_steps must be >= 0, got {self.ema_halflife_steps}")
         if self.lr_hold_steps < 0 or self.reconstruction_grid_steps < 0 or self.reconstruction_grid_images < 1:
             raise ValueError("lr_hold_steps and reconstruction_grid_steps must be >= 0 and reconstruction_grid_images >= 1")
+        if self.prologue_temperature_schedule != "constant" or self.prologue_temperature_start is not None:
+            ProbSTETemperatureSchedule(  # checks the kind and the values now, not at the first step
+                self.prologue_temperature_start or 1.0, self.prologue_temperature_end or 1.0,
+                self.prologue_temperature_steps, self.prologue_temperature_schedule,
+            )
         if self.fp16:
             raise ValueError("fp16 is not supported by the stage-1 trainer (two optimizers, one GradScaler); use bf16 or fp32")
 
@@ -193,6 +204,13 @@ class _StepEndCallback(TrainerCallback):
             collator.set_epoch(int(state.epoch or 0))
         return control
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        quantizer = getattr(self.trainer.stage1_model.tokenizer, "prologue_quantizer", None)
+        schedule = self.trainer.temperature_schedule
+        if quantizer is not None and schedule is not None:  # a function of the step, so a resume continues it
+            quantizer.temperature = schedule(state.global_step)
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self.trainer
         if trainer.ema is not None:
@@ -240,6 +258,8 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
         self._metric_count = 0
         self._id_window: dict[str, list[torch.Tensor]] = {"visual": [], "prologue": []}
         self._grid_images: torch.Tensor | None = None
+        self._diagnostic_batch: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self.temperature_schedule = temperature_schedule_from_args(args, model.tokenizer)
         self.add_callback(_StepEndCallback(self))
 
     @property
@@ -333,7 +353,7 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
         loss = outputs.loss
         self._stop_if_not_finite(loss, outputs.metrics, buffers, snapshot)
         if model.training:
-            self._record(outputs, inputs["pixel_values"])
+            self._record(outputs, inputs["pixel_values"], inputs.get("labels"))
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: nn.Module, inputs, num_items_in_batch=None) -> torch.Tensor:
@@ -376,7 +396,7 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
         raise FloatingPointError(f"non-finite stage-1 loss at step {step} ({terms}); training stopped, {saved}")
 
     # -------------------------------------------------------------------------------------------- logging
-    def _record(self, outputs, pixel_values: torch.Tensor) -> None:
+    def _record(self, outputs, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         for name, value in outputs.metrics.items():  # some terms (R1) occur on some steps only: count per term
             total, count = self._metric_sums.get(name, (0.0, 0))
             self._metric_sums[name] = (value.detach().float() + total, count + 1)
@@ -386,6 +406,7 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
                 window = self._id_window[name]
                 window.append(ids.detach())
                 del window[:-_MAX_ID_BATCHES]
+        self._diagnostic_batch = (pixel_values.detach(), None if labels is None else labels.detach())
         if self._grid_images is None and self.args.reconstruction_grid_steps:
             self._grid_images = pixel_values[: self.args.reconstruction_grid_images].detach().float().cpu().clone()
 
@@ -403,6 +424,12 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
                     stats = tokenizer.codebook_usage(torch.cat(window), codebook)
                     logs[f"{codebook}_codebook_usage"] = round(stats["usage"], 6)
                     logs[f"{codebook}_codebook_perplexity"] = round(stats["perplexity"], 4)
+            if self._diagnostic_batch is not None:  # prologue collapse diagnostics of the last batch (issue 15)
+                stats, warning = model_prologue_diagnostics(tokenizer, *self._diagnostic_batch)
+                logs.update({k: round(v, 6) for k, v in stats.items()})
+                if warning:
+                    logger.warning("step %d: %s", self.state.global_step, warning)
+                self._diagnostic_batch = None
             if self.optimizer is not None:
                 for group in self.optimizer.param_groups:
                     logs[f"lr_{group.get('name', 'group')}"] = group["lr"]
