@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
@@ -34,6 +35,10 @@ import torch
 from ..evaluation.reconstruction import psnr
 from ..pipelines import SAMPLING_PRESETS, GuidanceSchedule, ProloguePipeline, SamplingParams
 from .analysis import attention_maps, plot_prologue_heatmaps, prologue_heatmaps
+
+if TYPE_CHECKING:  # the demo extra; imported at run time only inside build_app
+    import fastapi
+    import gradio
 
 #: preset-menu entries besides the Table A5 names of :data:`~prologue_hf.pipelines.SAMPLING_PRESETS`
 PIPELINE_DEFAULT = "pipeline default"
@@ -339,7 +344,7 @@ def parse_prologue_ids(text: str | None, pipeline: ProloguePipeline) -> torch.Lo
 
 
 # --------------------------------------------------------------------------------------------- sampling
-def _check_count(num_images) -> int:
+def _check_count(num_images: int | float) -> int:
     if isinstance(num_images, bool) or not isinstance(num_images, (int, float)) or not float(num_images).is_integer():
         raise AppInputError(f"number of images must be a whole number, got {num_images!r}")
     if not 1 <= int(num_images) <= MAX_IMAGES:
@@ -347,7 +352,7 @@ def _check_count(num_images) -> int:
     return int(num_images)
 
 
-def check_seed(seed) -> int:
+def check_seed(seed: int | float) -> int:
     """A seed from a number box: a whole number in ``[0, 2**63)``."""
     whole = not isinstance(seed, bool) and isinstance(seed, (int, float)) and math.isfinite(seed)
     if not (whole and float(seed).is_integer()):
@@ -359,9 +364,9 @@ def check_seed(seed) -> int:
 
 def _draw(
     pipeline: ProloguePipeline,
-    class_value,
+    class_value: str | int,
     num_images: int,
-    seed,
+    seed: int,
     preset: str | None,
     controls: dict | None,
     prologue_ids: torch.LongTensor | None,
@@ -402,9 +407,9 @@ def _draw(
 
 def resample_all(
     pipeline: ProloguePipeline,
-    class_value,
+    class_value: str | int,
     num_images: int,
-    seed,
+    seed: int,
     preset: str | None = PIPELINE_DEFAULT,
     controls: dict | None = None,
     progress: ProgressFn | None = None,
@@ -415,10 +420,10 @@ def resample_all(
 
 def resample_visual(
     pipeline: ProloguePipeline,
-    class_value,
+    class_value: str | int,
     prologue_ids: str | torch.Tensor | None,
     num_images: int,
-    seed,
+    seed: int,
     preset: str | None = PIPELINE_DEFAULT,
     controls: dict | None = None,
     progress: ProgressFn | None = None,
@@ -488,9 +493,9 @@ def encode_image(pipeline: ProloguePipeline, image: PIL.Image.Image | np.ndarray
 def image_variations(
     pipeline: ProloguePipeline,
     encoded: EncodedImage | None,
-    class_value,
+    class_value: str | int,
     num_images: int,
-    seed,
+    seed: int,
     preset: str | None = PIPELINE_DEFAULT,
     controls: dict | None = None,
     progress: ProgressFn | None = None,
@@ -505,7 +510,7 @@ def image_variations(
 
 # --------------------------------------------------------------------------------------------- attention
 @torch.no_grad()
-def prologue_attention(pipeline: ProloguePipeline, draw: Draw | None, index) -> PIL.Image.Image:
+def prologue_attention(pipeline: ProloguePipeline, draw: Draw | None, index: int) -> PIL.Image.Image:
     """Where the visual tokens of image ``index`` of ``draw`` read each prologue token: the AR's attention from every
     visual token to prologue token ``k``, averaged over heads and the last 8 layers, on the visual grid, drawn over
     the image (one panel per prologue token; each panel has its own color scale)."""
@@ -573,7 +578,7 @@ APP_CSS = """
 """
 
 
-def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
+def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blocks:
     """The Gradio Blocks of the demo, over ``pipeline``. Every event that runs the pipeline shares one concurrency
     group of size 1 (``concurrency_id="pipeline"``): requests queue and the pipeline runs one call at a time.
 
@@ -819,12 +824,10 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = ""):
     return app
 
 
-def launch_app(app, port: int = 7860, block: bool = True):
-    """Serve ``app`` on 127.0.0.1 only, without a share link, analytics or server-side rendering (nothing reaches
-    the internet). Returns ``(fastapi_app, local_url)``; with ``block=False`` it returns at once (tests)."""
-    import os
-
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+def launch_app(app: gradio.Blocks, port: int = 7860, block: bool = True) -> tuple[fastapi.FastAPI, str]:
+    """Serve ``app`` (from :func:`build_app`, whose Blocks send no analytics) on 127.0.0.1 only, without a share link,
+    MCP server or server-side rendering: nothing reaches the internet. Returns ``(fastapi_app, local_url)``; with
+    ``block=False`` it returns at once (tests)."""
     fastapi_app, local_url, _ = app.launch(
         server_name="127.0.0.1",
         server_port=port,
