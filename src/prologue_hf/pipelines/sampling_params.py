@@ -21,7 +21,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..vocabulary import PrologueVocabulary
+from ..vocabulary import SEGMENTS, PrologueVocabulary
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -261,8 +261,9 @@ class SamplingParams:
 
     @staticmethod
     def _prologue_steps(vocabulary: PrologueVocabulary) -> list[bool]:
-        """Per generated step, whether it samples a prologue token (segment 0 of the vocabulary's layout)."""
-        return [segment == 0 for segment in vocabulary.segment_ids().tolist()]
+        """Per generated step, whether it samples a prologue token (the vocabulary's segment of the step)."""
+        prologue = SEGMENTS.index("prologue")
+        return [segment == prologue for segment in vocabulary.segment_ids().tolist()]
 
 
 def _table_a5(prologue_scale, visual_power, visual_scale, nocfg_prologue_t, nocfg_visual_t):
