@@ -391,7 +391,10 @@ def test_preallocated_cache_refuses_overflow_and_keeps_rows_as_views():
     k = torch.arange(2 * 1 * 2 * 4, dtype=torch.float).view(2, 1, 2, 4)
     keys, values = cache.update(k, -k, 0)
     assert torch.equal(keys, k) and torch.equal(values, -k) and cache.get_seq_length() == 2
+    storage = cache.layers[0]._keys.data_ptr()
     cache.batch_select_indices(slice(0, 1))  # what the sampler does to drop the unconditional half
+    assert cache.layers[0]._keys.data_ptr() == storage  # a view: nothing copied
+    assert cache.get_mask_sizes(query_length=1, layer_idx=0) == (3, 0)  # the filled length, no padding
     keys, _ = cache.update(k[:1, :, :1] + 100, k[:1, :, :1], 0)
     assert keys.shape == (1, 1, 3, 4) and torch.equal(keys[0, :, :2], k[0]) and torch.equal(keys[0, :, 2], k[0, :, 0] + 100)
     with pytest.raises(ValueError, match="KV cache holds 3 positions"):
