@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from prologue_hf import PrologueARForCausalLM
-from prologue_hf.models.packed_linear import PackedLinear, SharedProduct, packed_kernel, packed_linears
+from prologue_hf.models.packed_linear import (
+    PackedLinear,
+    PackedWeight,
+    SharedProduct,
+    packed_kernel,
+    packed_linears,
+)
 from prologue_hf.pipelines import GuidanceSchedule, SamplingParams, generate_ids
 from prologue_hf.testing import tiny_ar
 
@@ -72,7 +78,7 @@ def test_packed_linear_uses_the_packed_kernels_on_this_cpu():
 
 
 def test_packed_linear_falls_back_when_the_packed_kernel_disagrees(monkeypatch):
-    monkeypatch.setattr(torch.ops.mkl, "_mkl_linear", lambda x, packed, weight, bias, rows: torch.zeros(1))
+    monkeypatch.setattr(PackedWeight, "_product", lambda self, x: torch.zeros(1))  # a kernel giving wrong results
     linear = nn.Linear(4, 8)
     packed = PackedLinear(linear, 2)
     assert packed.kernel == "linear"
@@ -88,6 +94,10 @@ def test_packed_linear_takes_f_linear_when_a_gradient_is_needed():
     x = torch.randn(2, 6)
     packed(x).sum().backward()  # the packed kernel has no backward: F.linear on the same parameters
     torch.testing.assert_close(linear.weight.grad, x.sum(0).expand(3, 6))
+    linear.requires_grad_(False)  # frozen weights, an input that needs a gradient: F.linear too
+    x = torch.randn(2, 6, requires_grad=True)
+    packed(x).sum().backward()
+    torch.testing.assert_close(x.grad, linear.weight.sum(0).expand(2, 6))
 
 
 @pytest.mark.skipif(not CAN_PACK_FP32, reason="no MKL packed kernel in this build")

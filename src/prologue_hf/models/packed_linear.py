@@ -13,6 +13,7 @@ adapters around a base layer) keeps working without any decoder code knowing abo
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -76,8 +77,8 @@ class PackedWeight:
     def _product(self, x: torch.Tensor) -> torch.Tensor:
         """The packed kernel's product; for ``"mkl"``, ``x`` must have exactly ``rows`` rows."""
         if self.kernel == "mkl":
-            return torch.ops.mkl._mkl_linear(x, self._packed, self._shape_only, self.bias, self.rows)
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+            return torch.ops.mkl._mkl_linear.default(x, self._packed, self._shape_only, self.bias, self.rows)
+        return torch.ops.mkldnn._linear_pointwise.default(x, self._packed, self.bias, "none", [], "")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         """``x @ weight.T + bias`` for ``x`` ``[..., in]``, or ``None`` when this layout does not serve ``x`` (more
@@ -125,6 +126,11 @@ class SharedProduct:
             self._input, self._version, self._output = x, x._version, self.packed(x)
         return self._output
 
+    def part(self, index: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Sibling ``index``'s columns of the shared product of ``x`` (``None``: the layout does not serve ``x``)."""
+        out = self(x)
+        return None if out is None else out[..., self.columns[index]]
+
 
 class PackedLinear(nn.Module):
     """Inference stand-in for an ``nn.Linear`` whose weight ``[out, in]`` is also kept in the layout that is fastest
@@ -150,21 +156,16 @@ class PackedLinear(nn.Module):
         self.weight, self.bias = linear.weight, linear.bias
         self.shared, self.index = shared, index
         self.packed = shared.packed if shared is not None else PackedWeight(linear.weight, linear.bias, rows)
-
-    @property
-    def kernel(self) -> str:
-        """``"mkl"``, ``"onednn"`` or ``"linear"`` (the packed layout is not used)."""
-        return self.packed.kernel
+        self.kernel = self.packed.kernel  # "mkl", "onednn" or "linear" (the packed layout is not used)
+        # resolved once: this runs for every linear of every decode step, where Python overhead shows
+        self._product = self.packed if shared is None else functools.partial(shared.part, index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = None
-        if self.kernel != "linear" and not (torch.is_grad_enabled() and self.weight.requires_grad):
-            if self.shared is None:
-                out = self.packed(x)
-            else:
-                out = self.shared(x)
-                out = None if out is None else out[..., self.shared.columns[self.index]]
-        return F.linear(x, self.weight, self.bias) if out is None else out
+        if self.kernel != "linear" and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            out = self._product(x)
+            if out is not None:
+                return out
+        return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         fused = f", fused part {self.index}" if self.shared is not None else ""
