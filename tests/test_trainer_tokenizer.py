@@ -191,6 +191,8 @@ def test_optimizer_groups_and_schedule(tmp_path, image_dir):
     disc_group = trainer.discriminator_optimizer.param_groups[0]
     assert disc_group["betas"] == (0.0, 0.99) and disc_group["weight_decay"] == 1e-4
     assert ids(disc_group["params"]) == ids(stage1.discriminator.parameters())
+    # fused AdamW kernels (the for-loop default on the CPU churns memory every step: issue 19)
+    assert all(g["fused"] for g in trainer.optimizer.param_groups) and disc_group["fused"]
     # warmup 4 -> hold 6 -> linear decay to the floor at step 20 (same shape for every group)
     lrs = []
     for _ in range(21):
