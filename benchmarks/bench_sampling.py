@@ -361,6 +361,48 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_cell(ar, config_name: str, dtype_name: str, batch: int, limits: dict, args) -> list[dict]:
+    """The rows of one (config, dtype, batch) cell: the kernel floors, then every method timed interleaved."""
+    steps = ar.config.vocabulary.num_generated_tokens
+    params = sum(p.numel() for p in ar.parameters())
+    bound = sum(step_lower_bounds(ar, 2 * batch, limits))
+    matmul_ms = 1e3 * matmul_only_seconds(ar, 2 * batch)
+    packed_ms = 1e3 * matmul_only_seconds(ar, 2 * batch, packed=True)
+    attention_s = attention_only_seconds(ar, 2 * batch)
+    kernels_s = packed_ms * steps / 1e3 + attention_s
+    print(f"{config_name:>4} {dtype_name} batch {batch:>2}: matmuls alone {matmul_ms:.2f} ms/step "
+          f"({matmul_ms * steps / 1e3:.2f} s per run), packed {packed_ms:.2f} ms/step "
+          f"({packed_ms * steps / 1e3:.2f} s per run); attention alone {attention_s:.2f} s per run; "
+          f"kernels alone (packed matmuls + attention) {kernels_s:.2f} s per run", flush=True)
+    timings = time_methods(args.methods, ar, batch, args.repeats)
+    rows = []
+    for method in args.methods:
+        row = {
+            "config": config_name, "params_M": params / 1e6, "dtype": dtype_name, "batch": batch,
+            "rows": 2 * batch, "steps": steps, "method": method, **timings[method],
+            "bound_seconds": bound, "bound_ms_per_step": 1e3 * bound / steps,
+            "read_bandwidth_GBs": limits["read_bandwidth"] / 1e9,
+            "gemm_GFLOPs": limits["gemm_flops"] / 1e9,
+            "matmul_only_ms_per_step": matmul_ms,
+            "packed_matmul_only_ms_per_step": packed_ms,
+            "attention_only_seconds": attention_s,
+            "kernels_only_seconds": kernels_s,
+        }
+        row["x_bound"] = row["seconds"] / bound
+        rows.append(row)
+        print(
+            f"{config_name:>4} {dtype_name} batch {batch:>2} {method:>11}: {row['seconds']:7.2f} s "
+            f"(median {row['seconds_median']:7.2f}) {row['images_per_s']:7.2f} img/s "
+            f"{row['ms_per_step']:7.2f} ms/step (forward {100 * row['forward_share']:.0f}%) "
+            f"bound {row['bound_seconds']:7.3f} s {row['bound_ms_per_step']:7.3f} ms/step "
+            f"-> {row['x_bound']:.2f}x",
+            flush=True,
+        )
+    if args.profile:
+        print(profile_ours(ar, batch))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=["tiny", "B"])
@@ -382,66 +424,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if args.against:
         results = compare_checkouts(args)
-        if args.json:
-            with open(args.json, "w") as handle:
-                json.dump(results, handle, indent=1)
-        return results
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    results = []
-    for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
-        limits = measure_machine(dtype)
-        print(
-            f"# {dtype_name}: read bandwidth {limits['read_bandwidth'] / 1e9:.1f} GB/s, "
-            f"matmul {limits['gemm_flops'] / 1e9:.0f} GFLOP/s"
-        )
-        for config_name in args.configs:
-            ar = build_ar(config_name, dtype)
-            steps = ar.config.vocabulary.num_generated_tokens
-            params = sum(p.numel() for p in ar.parameters())
-            for batch in args.batch_sizes:
-                bound = sum(step_lower_bounds(ar, 2 * batch, limits))
-                matmul_ms = 1e3 * matmul_only_seconds(ar, 2 * batch)
-                packed_ms = 1e3 * matmul_only_seconds(ar, 2 * batch, packed=True)
-                attention_s = attention_only_seconds(ar, 2 * batch)
-                kernels_s = packed_ms * steps / 1e3 + attention_s
-                print(f"{config_name:>4} {dtype_name} batch {batch:>2}: matmuls alone {matmul_ms:.2f} ms/step "
-                      f"({matmul_ms * steps / 1e3:.2f} s per run), packed {packed_ms:.2f} ms/step "
-                      f"({packed_ms * steps / 1e3:.2f} s per run); attention alone {attention_s:.2f} s per run; "
-                      f"kernels alone (packed matmuls + attention) {kernels_s:.2f} s per run", flush=True)
-                timings = time_methods(args.methods, ar, batch, args.repeats)
-                for method in args.methods:
-                    row = {
-                        "config": config_name, "params_M": params / 1e6, "dtype": dtype_name, "batch": batch,
-                        "rows": 2 * batch, "steps": steps, "method": method, **timings[method],
-                        "bound_seconds": bound, "bound_ms_per_step": 1e3 * bound / steps,
-                        "read_bandwidth_GBs": limits["read_bandwidth"] / 1e9,
-                        "gemm_GFLOPs": limits["gemm_flops"] / 1e9,
-                        "matmul_only_ms_per_step": matmul_ms,
-                        "packed_matmul_only_ms_per_step": packed_ms,
-                        "attention_only_seconds": attention_s,
-                        "kernels_only_seconds": kernels_s,
-                    }
-                    row["x_bound"] = row["seconds"] / bound
-                    results.append(row)
-                    print(
-                        f"{config_name:>4} {dtype_name} batch {batch:>2} {method:>11}: {row['seconds']:7.2f} s "
-                        f"(median {row['seconds_median']:7.2f}) {row['images_per_s']:7.2f} img/s "
-                        f"{row['ms_per_step']:7.2f} ms/step (forward {100 * row['forward_share']:.0f}%) "
-                        f"bound {row['bound_seconds']:7.3f} s {row['bound_ms_per_step']:7.3f} ms/step "
-                        f"-> {row['x_bound']:.2f}x",
-                        flush=True,
-                    )
-                if args.profile:
-                    print(profile_ours(ar, batch))
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads")
+        results = []
+        for dtype_name in args.dtypes:
+            limits = measure_machine(DTYPES[dtype_name])
+            print(f"# {dtype_name}: read bandwidth {limits['read_bandwidth'] / 1e9:.1f} GB/s, "
+                  f"matmul {limits['gemm_flops'] / 1e9:.0f} GFLOP/s")
+            for config_name in args.configs:
+                ar = build_ar(config_name, DTYPES[dtype_name])
+                for batch in args.batch_sizes:
+                    results += bench_cell(ar, config_name, dtype_name, batch, limits, args)
+        if args.markdown:
+            print(markdown_table(results))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
-    if args.markdown:
-        print(markdown_table(results))
     return results
 
 
