@@ -126,6 +126,9 @@ def test_the_trainer_mixin_resolves_before_the_trainer_resumes(tmp_path):
     _checkpoint(tmp_path, 30, state="broken")
     trainer.train(resume_from_checkpoint="latest")
     assert trainer.received == newest and trainer.restored == [newest]
+    with pytest.raises(ValueError, match="holds a previous run .checkpoint-20, checkpoint-30"):
+        trainer.train()  # fresh, into a folder holding checkpoints (the opt-out: tests/test_checkpoint_safety.py)
+    trainer.args.output_dir = str(tmp_path / "fresh")
     trainer.train()
     assert trainer.received is None and trainer.restored == [newest]
 

@@ -1,11 +1,20 @@
 """The skeleton the three training recipes share: stage 1 (:mod:`.trainer_tokenizer`), stage 2 (:mod:`.trainer_ar`
 with :mod:`.ar_recipe`) and Prologue-Post (:mod:`.trainer_post`).
 
+* **Atomic checkpoints.** :class:`RecipeTrainerMixin` writes each ``checkpoint-<step>`` whole (weights, optimizer,
+  scheduler, RNG, ``trainer_state.json`` and the recipe's extras such as stage 2's ``ema/``) into
+  ``_incomplete-checkpoint-<step>`` and renames it when complete; only then are old checkpoints rotated away
+  (``save_total_limit``). A run killed at any moment leaves the previous checkpoint intact.
 * **Resume.** :func:`resolve_resume_checkpoint`: ``resume_from_checkpoint`` may be a checkpoint folder, or one of
   ``"last"``, ``"latest"``, ``"true"`` (any case) or ``True``, which all mean the newest *complete* checkpoint of the
-  output folder. A checkpoint counts as complete once its weights and a readable ``trainer_state.json`` exist (the
-  Trainer writes that file last); a half-written one (a run killed while saving) is skipped with a warning.
+  output folder. A checkpoint counts as complete once its weights and a readable ``trainer_state.json`` exist; a
+  half-written one (left by an older version killed while saving) is skipped with a warning.
   :class:`RecipeTrainerMixin` applies it in ``train()`` of every recipe's trainer.
+* **Guarded output folders.** A fresh run (no resume asked) into an ``output_dir`` that holds a previous run's
+  checkpoints or weights is refused unless ``overwrite_output_dir`` (:class:`RecipeTrainingArguments`), which then
+  deletes the old checkpoints first, so ``latest`` can never pick another run's.
+* **Tokenizer identity on resume.** A recipe whose ids come from a tokenizer (stage 2, Prologue-Post) refuses to resume
+  a checkpoint recorded for another tokenizer unless ``ignore_tokenizer_identity``.
 * **Compact AR.** :func:`build_compact_ar`: the jointly trained AR of stage 1 and Prologue-Post, its vocabulary from the
   tokenizer (:func:`~prologue_hf.vocabulary.ar_vocabulary_fields`, one precedence rule for overrides).
 * **Augmentation.** :func:`seeded_image_collator`: random crop / flip drawn per sample from ``(seed, epoch, index)``,
@@ -21,11 +30,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import TrainingArguments
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 from transformers.utils import logging
 
 from ..models.configuration_prologue_ar import PrologueARConfig
@@ -49,6 +62,34 @@ TRAINER_STATE_FILE = "trainer_state.json"
 # What counts as the weights of a save_pretrained folder (a sharded save has an index; FSDP writes a folder).
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+# A checkpoint is written under STAGING_PREFIX + its name and renamed when complete; a checkpoint it replaces waits
+# under REPLACED_PREFIX + its name until then. Neither matches "checkpoint-*" (transformers' rotation and resume
+# globs) nor _CHECKPOINT_NAME, and the leading "_" keeps them out of the Trainer's Hub pushes of output_dir.
+STAGING_PREFIX = "_incomplete-"
+REPLACED_PREFIX = "_replaced-"
+
+
+# ============================================================================================ arguments
+@dataclass
+class RecipeTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the options every recipe shares (the recipes' argument classes derive from it).
+
+    Args:
+        overwrite_output_dir: start a fresh run in an ``output_dir`` that holds a previous run's checkpoints or weights,
+            deleting its ``checkpoint-*`` folders first (transformers 4 had this flag; without it such a run is
+            refused, see :meth:`RecipeTrainerMixin.train`).
+        ignore_tokenizer_identity: resume (stage 2, Prologue-Post) from a checkpoint recorded for another tokenizer
+            than this run's: the explicit opt-out of the identity check.
+    """
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a fresh run in an output_dir holding a previous run: delete its checkpoints first."},
+    )
+    ignore_tokenizer_identity: bool = field(
+        default=False,
+        metadata={"help": "Resume from a checkpoint whose tokenizer identity differs from this run's (stage 2, Post)."},
+    )
 
 
 # ============================================================================================ overrides
@@ -131,14 +172,8 @@ def resolve_resume_checkpoint(
 
 
 def _newest_complete_checkpoint(output_dir: str, weight_dirs: Sequence[str]) -> str:
-    steps = []
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            match = _CHECKPOINT_NAME.match(name)
-            if match and os.path.isdir(os.path.join(output_dir, name)):
-                steps.append((int(match.group(1)), os.path.join(output_dir, name)))
     skipped = []
-    for _, path in sorted(steps, reverse=True):
+    for _, path in reversed(checkpoint_steps(output_dir)):
         problem = checkpoint_problem(path, weight_dirs)
         if problem is None:
             if skipped:
@@ -149,10 +184,82 @@ def _newest_complete_checkpoint(output_dir: str, weight_dirs: Sequence[str]) -> 
     raise ValueError(f"resume_from_checkpoint asks for the newest checkpoint, but {output_dir} holds no complete one{detail}")
 
 
+def checkpoint_steps(output_dir: str) -> list[tuple[int, str]]:
+    """``(step, path)`` of every ``checkpoint-<step>`` folder of ``output_dir``, in step order (empty if none)."""
+    found = []
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            match = _CHECKPOINT_NAME.match(name)
+            if match and os.path.isdir(os.path.join(output_dir, name)):
+                found.append((int(match.group(1)), os.path.join(output_dir, name)))
+    return sorted(found)
+
+
+def previous_run_outputs(output_dir: str, weight_dirs: Sequence[str] = ("",)) -> list[str]:
+    """What a previous run left in ``output_dir`` that a fresh run would mix with or overwrite: its
+    ``checkpoint-<step>`` folders and the weights of its final save (in ``output_dir`` or one of ``weight_dirs``).
+    Names relative to ``output_dir``; staging folders of a killed save are not listed (they never count)."""
+    found = [os.path.basename(path) for _, path in checkpoint_steps(output_dir)]
+    for sub in weight_dirs:
+        folder = os.path.join(output_dir, sub)
+        if os.path.isdir(folder):
+            found += sorted(os.path.join(sub, e) for e in os.listdir(folder) if e in _WEIGHT_FILES)
+    return found
+
+
+def publish_checkpoint(staging: str, final: str) -> None:
+    """Rename the complete checkpoint folder ``staging`` to ``final`` (same parent folder). A folder already at
+    ``final`` (a checkpoint of the same step from an earlier attempt) is moved aside first and deleted after."""
+    if not os.path.isdir(final):
+        os.replace(staging, final)
+        return
+    replaced = os.path.join(os.path.dirname(final), REPLACED_PREFIX + os.path.basename(final))
+    shutil.rmtree(replaced, ignore_errors=True)
+    os.replace(final, replaced)
+    os.replace(staging, final)
+    shutil.rmtree(replaced, ignore_errors=True)
+
+
+def rotate_checkpoints(output_dir: str, save_total_limit: int | None, keep: Sequence[str | None] = ()) -> list[str]:
+    """Delete the oldest (by step) complete checkpoints of ``output_dir`` beyond ``save_total_limit``, never one of
+    ``keep`` (the checkpoint just written, the best one), and every leftover staging folder of a killed save.
+    Returns the deleted paths.
+
+    transformers orders by modification time; the step is used here because every checkpoint is now renamed into
+    place whole, and ``keep`` protects the one just written, which is what the modification time stood for.
+    """
+    deleted = []
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith((STAGING_PREFIX, REPLACED_PREFIX)) and os.path.isdir(os.path.join(output_dir, name)):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            deleted.append(os.path.join(output_dir, name))
+    if not save_total_limit or save_total_limit <= 0:
+        return deleted
+    protected = {os.path.abspath(path) for path in keep if path}
+    checkpoints = [path for _, path in checkpoint_steps(output_dir)]
+    excess = len(checkpoints) - max(save_total_limit, len(protected))
+    for path in checkpoints:
+        if excess <= 0:
+            break
+        if os.path.abspath(path) not in protected:
+            logger.info(f"deleting {path} (save_total_limit={save_total_limit})")
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
+            excess -= 1
+    return deleted
+
+
 class RecipeTrainerMixin:
-    """Mixed into the recipes' ``transformers.Trainer`` subclasses (before ``Trainer``): ``train()`` resolves
-    ``resume_from_checkpoint`` with :func:`resolve_resume_checkpoint` (so every recipe accepts the same spellings and
-    never picks a half-written checkpoint), then calls :meth:`restore_extra_state` before the Trainer resumes."""
+    """Mixed into the recipes' ``transformers.Trainer`` subclasses (before ``Trainer``): the checkpoint and resume
+    rules of every recipe, in one place.
+
+    * ``train()`` resolves ``resume_from_checkpoint`` with :func:`resolve_resume_checkpoint` (every recipe accepts the
+      same spellings and never picks a half-written checkpoint). A resume checks the tokenizer identity
+      (:meth:`resume_tokenizer_identities`) and calls :meth:`restore_extra_state`; a fresh run refuses an
+      ``output_dir`` holding a previous run (:func:`previous_run_outputs`) unless ``overwrite_output_dir``.
+    * ``_save_checkpoint`` (the Trainer's periodic save) writes the checkpoint whole into a staging folder, adds
+      :meth:`save_extra_checkpoint_state`, renames it into place and only then rotates old checkpoints.
+    """
 
     def checkpoint_weight_dirs(self) -> tuple[str, ...]:
         """The weight folders a complete checkpoint of this trainer holds (default: the checkpoint folder itself)."""
@@ -161,16 +268,122 @@ class RecipeTrainerMixin:
     def restore_extra_state(self, checkpoint: str) -> None:
         """Load what the Trainer does not (e.g. EMA weights) from ``checkpoint`` before it resumes (default: nothing)."""
 
+    def save_extra_checkpoint_state(self, checkpoint_dir: str) -> None:
+        """Write what the Trainer does not (e.g. EMA weights) into a checkpoint being written (default: nothing).
+        Called on every process, after ``trainer_state.json`` and before the folder is renamed into place."""
+
     def save_extra_outputs(self, output_dir: str) -> None:
         """Write what ``save_model`` does not to the final ``output_dir`` (e.g. EMA weights; default: nothing)."""
 
+    def resume_tokenizer_identities(self, checkpoint: str) -> tuple[str | None, str | None]:
+        """``(recorded in checkpoint, of this run)``: the identity of the tokenizer whose ids the checkpoint was
+        trained on and that of this run's, or ``None`` where not recorded (default: no tokenizer, no check)."""
+        return None, None
+
+    # ------------------------------------------------------------------ train: resume or fresh
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """``Trainer.train``, resuming from ``resume_from_checkpoint`` as :func:`resolve_resume_checkpoint` reads it."""
+        """``Trainer.train``, resuming from ``resume_from_checkpoint`` as :func:`resolve_resume_checkpoint` reads it.
+
+        Raises:
+            ValueError: a fresh run into an ``output_dir`` holding a previous run's checkpoints or weights (pass
+                ``overwrite_output_dir`` or a resume); a resume from a checkpoint of another tokenizer (pass
+                ``ignore_tokenizer_identity``).
+        """
         checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.checkpoint_weight_dirs())
-        if checkpoint is not None:
+        if checkpoint is None:
+            self._prepare_fresh_output_dir()
+        else:
             logger.info(f"resuming from {checkpoint}")
+            self._check_resume_identity(checkpoint)
+            newer = [
+                path
+                for step, path in checkpoint_steps(self.args.output_dir)
+                if step > _checkpoint_step(checkpoint) and checkpoint_problem(path, self.checkpoint_weight_dirs()) is None
+            ]
+            if newer:
+                logger.warning(
+                    f"resuming from {checkpoint} although {self.args.output_dir} holds newer checkpoints {newer}: this "
+                    "run replaces each when it reaches its step; until then resume_from_checkpoint='latest' picks them"
+                )
             self.restore_extra_state(checkpoint)
         return super().train(resume_from_checkpoint=checkpoint, **kwargs)
+
+    def _prepare_fresh_output_dir(self) -> None:
+        output_dir = self.args.output_dir
+        found = previous_run_outputs(output_dir, self.checkpoint_weight_dirs())
+        if not found:
+            return
+        if not getattr(self.args, "overwrite_output_dir", False):
+            shown = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+            raise ValueError(
+                f"output_dir {output_dir} holds a previous run ({shown}): a fresh run would overwrite it and "
+                "resume_from_checkpoint='latest' could later continue the other run. Resume it with "
+                "--resume_from_checkpoint latest (or a checkpoint folder), choose another output_dir, or pass "
+                "--overwrite_output_dir to delete its checkpoints and start over"
+            )
+        if self.args.should_save:
+            for _, path in checkpoint_steps(output_dir):
+                shutil.rmtree(path)
+            rotate_checkpoints(output_dir, None)  # staging leftovers
+            logger.warning(f"overwrite_output_dir: deleted the previous run's checkpoints in {output_dir}")
+        self.accelerator.wait_for_everyone()
+
+    def _check_resume_identity(self, checkpoint: str) -> None:
+        recorded, current = self.resume_tokenizer_identities(checkpoint)
+        if recorded is None or current is None or recorded == current:
+            return
+        message = (
+            f"{checkpoint} was trained on the ids of tokenizer {recorded}, but this run's tokenizer is {current}: "
+            "continuing would mix two vocabularies"
+        )
+        if getattr(self.args, "ignore_tokenizer_identity", False):
+            logger.warning(f"{message}; resuming anyway (ignore_tokenizer_identity)")
+            return
+        raise ValueError(f"{message}. Resume with the same tokenizer's data, or pass --ignore_tokenizer_identity")
+
+    # ------------------------------------------------------------------ atomic checkpoints
+    def _save_checkpoint(self, model, trial) -> None:
+        """``Trainer._save_checkpoint`` (same files, same order), written into ``_incomplete-checkpoint-<step>`` and
+        renamed to ``checkpoint-<step>`` once complete; old checkpoints are rotated after that, never before."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        final, staging = os.path.join(run_dir, name), os.path.join(run_dir, STAGING_PREFIX + name)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # a killed attempt at this step
+        self.accelerator.wait_for_everyone()
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        self.save_model(staging, _internal_call=True)
+        if self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST) and self.state.best_global_step:
+            best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}")
+            if self.state.best_global_step == self.state.global_step or os.path.exists(best):
+                self.state.best_model_checkpoint = best
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(staging)
+            self._save_scaler(staging)
+            self._save_rng_state(staging)
+        if self.args.should_save:
+            for callback in self.callback_handler.callbacks + [self.control]:
+                if isinstance(callback, ExportableState):
+                    key = type(callback).__name__
+                    if isinstance(self.state.stateful_callbacks[key], list):
+                        self.state.stateful_callbacks[key].append(callback.state())
+                    else:
+                        self.state.stateful_callbacks[key] = callback.state()
+            self.state.save_to_json(os.path.join(staging, TRAINER_STATE_FILE))
+        self.save_extra_checkpoint_state(staging)
+        self.accelerator.wait_for_everyone()  # every process has written its part (RNG states, shards)
+        if self.args.should_save:
+            publish_checkpoint(staging, final)
+        if self.args.push_to_hub:
+            self._push_from_checkpoint(final)
+        if self.args.should_save:
+            rotate_checkpoints(run_dir, self.args.save_total_limit, keep=(final, self.state.best_model_checkpoint))
+
+
+def _checkpoint_step(path: str) -> int:
+    match = _CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(path)))
+    return int(match.group(1)) if match else -1
 
 
 def train_save_push(trainer: RecipeTrainerMixin, training_args: Any, commit_message: str) -> None:
@@ -253,13 +466,19 @@ __all__ = [
     "RECONSTRUCTIONS_DIR",
     "RESUME_NEWEST",
     "RecipeTrainerMixin",
+    "RecipeTrainingArguments",
+    "STAGING_PREFIX",
     "SAMPLES_DIR",
     "TOKENIZER_DIR",
     "TOKENIZER_ONLINE_DIR",
     "build_compact_ar",
     "checkpoint_problem",
+    "checkpoint_steps",
     "json_overrides",
+    "previous_run_outputs",
+    "publish_checkpoint",
     "resolve_resume_checkpoint",
+    "rotate_checkpoints",
     "seeded_image_collator",
     "step_image_path",
     "train_save_push",

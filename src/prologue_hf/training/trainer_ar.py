@@ -21,6 +21,7 @@ official behaviour.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -28,8 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
 from ..image_grid import image_grid
@@ -39,7 +39,14 @@ from .ema import ModelEMA
 from .launch import accelerate_requested, check_distributed_launch
 from .losses import prepare_class_labels, prologue_ar_loss
 from .pretokenize import PretokenizedInfo
-from .recipe import EMA_DIR, SAMPLES_DIR, RecipeTrainerMixin, step_image_path, write_model_card
+from .recipe import (
+    EMA_DIR,
+    SAMPLES_DIR,
+    RecipeTrainerMixin,
+    RecipeTrainingArguments,
+    step_image_path,
+    write_model_card,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -98,8 +105,9 @@ def class_dropout_mask(seed: int, step: int, micro_step: int, global_batch_size:
 
 # --------------------------------------------------------------------------------------------- arguments
 @dataclass
-class PrologueARTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` with the paper's stage-2 defaults and Prologue's own options.
+class PrologueARTrainingArguments(RecipeTrainingArguments):
+    """``TrainingArguments`` with the paper's stage-2 defaults and Prologue's own options (and the recipes' shared
+    ``overwrite_output_dir`` / ``ignore_tokenizer_identity``: :class:`~prologue_hf.training.recipe.RecipeTrainingArguments`).
 
     Changed defaults: ``adam_beta2=0.96``, ``weight_decay=0.03``, ``max_grad_norm=1.0``,
     ``remove_unused_columns=False`` (the collator reads the pretokenized columns), ``report_to="none"``,
@@ -329,16 +337,22 @@ class PrologueARTrainer(RecipeTrainerMixin, Trainer):
             logs.update(self._segment_logs("eval", "eval_"))
         super().log(logs, start_time)
 
-    # ------------------------------------------------------------------ EMA checkpointing
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
+    # ------------------------------------------------------------------ EMA checkpointing, resume
+    def save_extra_checkpoint_state(self, checkpoint_dir: str) -> None:
+        """With EMA on, ``ema/`` (``save_pretrained`` of the EMA model) inside the checkpoint being written; the
+        checkpoint only counts once renamed into place after this (:class:`~prologue_hf.training.recipe.RecipeTrainerMixin`)."""
         if self.ema is not None and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            self.ema.model.save_pretrained(os.path.join(folder, EMA_DIR))
+            self.ema.model.save_pretrained(os.path.join(checkpoint_dir, EMA_DIR))
 
     def checkpoint_weight_dirs(self) -> tuple[str, ...]:
-        """The model's weights, and the ``ema/`` folder when EMA is on (written after the Trainer's state)."""
+        """The model's weights, and the ``ema/`` folder when EMA is on."""
         return ("", EMA_DIR) if self.ema is not None else ("",)
+
+    def resume_tokenizer_identities(self, checkpoint: str) -> tuple[str | None, str | None]:
+        """The ``tokenizer_identity`` of the checkpoint's AR config and of this run's (from the dataset)."""
+        with open(os.path.join(checkpoint, "config.json")) as handle:
+            recorded = json.load(handle).get("tokenizer_identity")
+        return recorded, self.model.config.tokenizer_identity
 
     def restore_extra_state(self, checkpoint: str) -> None:
         """With EMA on, the EMA weights of ``checkpoint`` are restored before the Trainer resumes."""
