@@ -6,6 +6,7 @@ parameter gradient norms and the weights after both iterations.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from prologue_hf.conversion.official_stage1 import (
 )
 from prologue_hf.training.official_parametrization import (
     fold_official_parametrization,
+    folded_copy,
     init_official_parametrization,
     is_official_parametrized,
     parametrize_official_tokenizer,
@@ -236,3 +238,40 @@ def test_entropy_terms_by_hand():
     assert terms["sample_entropy"].item() == pytest.approx((h1 + h2) / 2, abs=1e-6)
     assert terms["batch_entropy"].item() == pytest.approx(float(-(mean * mean.log()).sum()), abs=1e-6)
     assert terms["entropy_loss"].item() == pytest.approx(terms["sample_entropy"].item() - terms["batch_entropy"].item())
+
+
+def test_stage1_ema_slots_are_read_by_name(step_dir):
+    """The fixture stores the online slots only: asking for the EMA ones names the missing shard."""
+    with pytest.raises(FileNotFoundError, match="model_2.safetensors"):
+        load_official_stage1(step_dir / "start", step_dir / "config.yaml", weights="ema")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        load_official_stage1(step_dir / "start", step_dir / "config.yaml", weights="best")
+
+
+def test_tied_head_ar_trains_and_folds():
+    """A tied AR head (official tied_embedding: the head is semantic_emb): the stepper trains it, the head stays tied
+    to the embedding, and the folded model computes what the parametrized one does."""
+    from prologue_hf.testing import tiny_ar_config, tiny_tokenizer_config
+    from prologue_hf.training.official_parametrization import parametrize_official_ar
+
+    torch.manual_seed(0)
+    tokenizer = PrologueTokenizerModel(tiny_tokenizer_config())
+    ar = PrologueARForCausalLM(
+        tiny_ar_config(tie_word_embeddings=True, use_qk_norm=True, rope_axes_dim=[6, 4, 6], num_classes=10)
+    )
+    enc_map, dec_map = parametrize_official_tokenizer(tokenizer, cond_dim=8, num_labels=11)
+    ar_map = parametrize_official_ar(ar, cond_dim=8)
+    assert "ar_model.out.weight" not in ar_map
+    init_official_parametrization([enc_map, dec_map, ar_map], generator=torch.Generator().manual_seed(0))
+    stepper = OfficialStage1Stepper(
+        tokenizer, ar, {"enc": enc_map, "dec": dec_map, "ar": ar_map}, OfficialStage1Settings(label_drop_prob=0.5)
+    )
+    before = ar_map.read("semantic_emb.weight").clone()
+    logs = stepper.iteration(torch.rand(4, 3, 32, 32) * 2 - 1, torch.tensor([1, 2, 3, -1]))
+    assert all(math.isfinite(v) for v in logs.values())
+    assert not torch.equal(ar_map.read("semantic_emb.weight"), before)
+    assert ar.lm_head.weight is ar.model.embed_tokens.weight
+    ids = torch.tensor([[3, 70, 64, 75, 66, 80] + [5] * 16])
+    with torch.no_grad():
+        expected = ar.eval()(ids).logits
+        torch.testing.assert_close(folded_copy(ar).eval()(ids).logits, expected, rtol=0, atol=1e-5)

@@ -416,9 +416,62 @@ def init_official_parametrization(maps: list[OfficialParameterMap], generator: t
                 official_map.write(name, value)
 
 
+@torch.no_grad()
+def match_plain_values(model: nn.Module, plain: dict[str, torch.Tensor]) -> None:
+    """Set the stored tensors of every parametrization so that ``model`` computes exactly what it computed before it
+    was parametrized (``plain``: its ``state_dict()`` from then). Gates and norm scales keep their ``W`` (e.g. the
+    official init) and take ``bias = plain - offset - W c``; a gate folded into a projection (AR) becomes
+    ``G = 1 c^T / |c|^2`` (``G c = 1``) with the plain projection. For continuing from trained plain weights."""
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name, chain in module.parametrizations.items():
+            target = plain[f"{module_name}.{name}" if module_name else name].to(chain.original.dtype)
+            p = chain[0]
+            if isinstance(p, ConditionedVector):
+                chain.original.copy_(target - p.offset - F.linear(p.condition(), p.weight.float()).to(target.dtype))
+            elif isinstance(p, ConditionedRowScale):
+                c = p.condition()
+                p.weight.copy_(torch.outer(torch.ones(p.weight.shape[0]), c) / c.dot(c))
+                chain.original.copy_(target)
+            elif isinstance(p, UnitOffset):
+                chain.original.copy_(target - 1.0)
+
+
+def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict ``model`` would have without the parameterisation: each parametrized tensor under its plain name
+    with its current value, the official tensors and the conditions left out. ``model`` is not changed."""
+    out = {}
+    for key, value in model.state_dict().items():
+        parts = key.split(".")
+        if "parametrizations" not in parts and "condition" not in parts:
+            out[key] = value.detach().clone()
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            if parametrize.is_parametrized(module):
+                for name in module.parametrizations.keys():
+                    out[f"{module_name}.{name}" if module_name else name] = getattr(module, name).detach().clone()
+    return out
+
+
+def folded_copy(model: PrologueTokenizerModel | PrologueARForCausalLM) -> nn.Module:
+    """A new plain model (same class and config) holding :func:`folded_state_dict` of ``model``; ``model`` and any
+    deep copy of it are untouched (``fold_official_parametrization`` on a deep copy would not be: the parametrized
+    classes are shared between copies)."""
+    with torch.random.fork_rng(devices=[]):  # the throw-away init must not move the training run's RNG stream
+        plain = type(model)(model.config)
+    plain.load_state_dict(folded_state_dict(model), strict=True)
+    if getattr(model.config, "tie_word_embeddings", False) and hasattr(plain, "tie_weights"):
+        plain.tie_weights()
+    return plain.to(next(model.parameters()).dtype).train(model.training)
+
+
 def fold_official_parametrization(model: nn.Module) -> nn.Module:
     """Fold every official parameterisation of ``model`` into plain tensors (``leave_parametrized=True``) and drop the
-    conditions: the result is the ordinary model, with the same forward, ready for ``save_pretrained``."""
+    conditions, in place: the result is the ordinary model, with the same forward, ready for ``save_pretrained``.
+
+    Not for a model with live deep copies (e.g. an EMA copy): torch's parametrized classes are shared between copies
+    and removing a parametrization edits the class. Use :func:`folded_copy` there."""
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):
@@ -441,6 +494,9 @@ __all__ = [
     "OfficialParameterMap",
     "UnitOffset",
     "fold_official_parametrization",
+    "folded_copy",
+    "folded_state_dict",
+    "match_plain_values",
     "init_official_parametrization",
     "is_official_parametrized",
     "parametrize_official_ar",

@@ -225,6 +225,14 @@ class OfficialStage1Stepper:
                 e.copy_(p.detach().lerp(e, self.ema_rates[module]))
 
     def _step(self, modules: tuple[str, ...]) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the models run outside any DDP wrapper: average the gradients over processes here, as DDP would
+            world = torch.distributed.get_world_size()
+            for module in modules:
+                for p in self.parameters[module]:
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad.div_(world)
         for module in modules:
             self.optimizers[module].step()
             self.optimizers[module].zero_grad(set_to_none=True)
@@ -255,11 +263,17 @@ class OfficialStage1Stepper:
         }
         return out.loss, {**parts, **metrics}, logits[:, :-1], sequence[:, 1:]
 
+    def zero_grad(self) -> None:
+        """Drop every gradient of the three modules."""
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+
     def _draw_labels(self, class_labels: torch.Tensor | None, batch: int, drop: torch.Tensor | None) -> torch.Tensor:
         null = self.ar.vocabulary.num_classes
         if class_labels is None:
             return torch.full((batch,), null, dtype=torch.long)
         class_labels = class_labels.long()
+        class_labels = torch.where(class_labels < 0, torch.full_like(class_labels, null), class_labels)
         if drop is None and self.settings.label_drop_prob > 0:
             drop = (torch.rand((batch, 1)) < self.settings.label_drop_prob)[:, 0]
         if drop is not None:
@@ -281,13 +295,20 @@ class OfficialStage1Stepper:
         label_drop_mask: torch.Tensor | None = None,
         visual_drop_mask: torch.Tensor | None = None,
         record_grad_norms: bool = False,
+        extra_loss=None,
     ) -> OfficialStepOutput:
         """Global step 1 of an iteration: encoder + decoder update with the AR frozen.
 
         Args:
             pixel_values: ``[B, C, H, W]`` in ``[-1, 1]``.
-            class_labels: ``[B]`` class ids in ``[0, C)`` (None: unlabelled, every BOS is the null class).
+            class_labels: ``[B]`` class ids in ``[0, C)`` (None: unlabelled, every BOS is the null class; entries
+                ``< 0`` are unlabelled rows and get the null class too).
             label_drop_mask / visual_drop_mask: ``[B]`` bool, injected draws (None: drawn from torch's generator).
+            extra_loss: optional ``extra_loss(tokenizer_output, pixel_values, l1) -> (loss, metrics)`` added to the
+                encoder-side loss (the trainer's perceptual and adversarial terms; the official ``ae_loss`` and
+                ``gan_G_loss``).
+
+        Raises ``FloatingPointError`` before any update when the loss is not finite.
         """
         s = self.settings
         self._train_only(("enc", "dec"))
@@ -315,6 +336,13 @@ class OfficialStage1Stepper:
         soft = out.prologue_soft_onehot if s.ste_ar_embedding else None
         prior, parts, logits, targets = self._ar_terms(class_ids, out.visual_ids, out.prologue_ids, soft, drop, weights)
         loss = l1 + visual_vq + semantic_vq + prior
+        extra_metrics: dict[str, torch.Tensor] = {}
+        if extra_loss is not None:
+            extra, extra_metrics = extra_loss(out, pixel_values, l1)
+            loss = loss + extra
+        if not bool(torch.isfinite(loss.detach())):
+            self.zero_grad()
+            raise FloatingPointError(f"non-finite encoder-step loss {float(loss):.4g}; no parameter was updated")
         loss.backward()
         grad_norms = self._grad_norms(("enc", "dec")) if record_grad_norms else {}
         self._step(("enc", "dec"))
@@ -333,11 +361,12 @@ class OfficialStage1Stepper:
             "visual_vq_batch_entropy": visual_entropy["batch_entropy"],
             "semantic_vq_sample_entropy": prologue_entropy["sample_entropy"],
             "semantic_vq_batch_entropy": prologue_entropy["batch_entropy"],
+            **extra_metrics,
         }
         tensors = {
             "indices": torch.cat([out.prologue_ids, out.visual_ids], dim=1).detach(), "ar_logits": logits.detach(),
             "ar_targets": targets, "x_hat": x_hat.detach(), "visual_drop_mask": drop, "class_ids": class_ids,
-            "prologue_logits": out.prologue_logits.detach(),
+            "prologue_logits": out.prologue_logits.detach(), "reconstruction": out.reconstruction.detach(),
         }
         return OfficialStepOutput({k: v.detach().float() for k, v in losses.items()}, tensors, grad_norms)
 
@@ -354,6 +383,9 @@ class OfficialStage1Stepper:
         loss, parts, logits, targets = self._ar_terms(
             cache["class_ids"], visual_ids, cache["prologue_ids"], None, drop, (1.0, 1.0, 1.0)
         )
+        if not bool(torch.isfinite(loss.detach())):
+            self.zero_grad()
+            raise FloatingPointError(f"non-finite AR-step loss {float(loss):.4g}; the AR was not updated")
         loss.backward()
         grad_norms = self._grad_norms(("ar",)) if record_grad_norms else {}
         self._step(("ar",))

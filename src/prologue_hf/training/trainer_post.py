@@ -56,6 +56,11 @@ class ProloguePostTrainer(PrologueTokenizerTrainer):
             raise ValueError(
                 "reconstruction_grid_steps must be 0 for Prologue-Post: reconstructions are the frozen tokenizer's own"
             )
+        if getattr(args, "training_mode", "routed") == "official":
+            raise NotImplementedError(
+                "training_mode='official' is implemented for stage 1 of the Prologue tokenizer, not yet for Prologue-Post "
+                "(its official step trains the prologue encoder alone); use training_mode='routed'"
+            )
         super().__init__(model, args, **kwargs)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:

@@ -90,6 +90,9 @@ class PrologueTokenizerTrainingArguments(TrainingArguments):
     ema_halflife_steps: float = field(default=1000.0, metadata={"help": "Half-life of the tokenizer EMA in steps (official: 1000); 0 disables the EMA."})
     reconstruction_grid_steps: int = field(default=0, metadata={"help": "Write a PNG grid of reconstructions every N steps (0: never)."})
     reconstruction_grid_images: int = field(default=8, metadata={"help": "Images in each reconstruction grid."})
+    training_mode: str = field(default="routed", metadata={"help": "'official': the official parameterisation (gates and norm scales W c + b), update order (encoder+decoder step with the AR frozen, then an AR step on the same ids) and optimizer groups (training/official_trainer.py, docs/training.md); 'routed': one joint step of the routed loss on plain gate/norm vectors."})
+    official_cond_dim: int = field(default=32, metadata={"help": "Width of the official conditioning vector c (official cond_emb_dim: 32); training_mode='official' only."})
+    official_parametrization_init: str = field(default="official", metadata={"help": "'official': the official init of gates / norm affines / conditions; 'match': keep what the given weights compute (continuing from a trained plain tokenizer); training_mode='official' only."})
     prologue_temperature_schedule: str = field(default="constant", metadata={"help": "Prob-STE tau schedule: 'constant' (the config's prologue_temperature), 'linear', 'cosine' or 'exponential' from prologue_temperature_start to _end over prologue_temperature_steps (docs/training.md)."})
     prologue_temperature_start: float | None = field(default=None, metadata={"help": "tau at step 0 (default: the config's prologue_temperature)."})
     prologue_temperature_end: float | None = field(default=None, metadata={"help": "tau after prologue_temperature_steps (default: the config's prologue_temperature)."})
@@ -103,6 +106,14 @@ class PrologueTokenizerTrainingArguments(TrainingArguments):
             raise ValueError(f"ema_halflife_steps must be >= 0, got {self.ema_halflife_steps}")
         if self.lr_hold_steps < 0 or self.reconstruction_grid_steps < 0 or self.reconstruction_grid_images < 1:
             raise ValueError("lr_hold_steps and reconstruction_grid_steps must be >= 0 and reconstruction_grid_images >= 1")
+        if self.training_mode not in ("routed", "official"):
+            raise ValueError(f"training_mode must be 'routed' or 'official', got {self.training_mode!r}")
+        if self.official_parametrization_init not in ("official", "match"):
+            raise ValueError(
+                f"official_parametrization_init must be 'official' or 'match', got {self.official_parametrization_init!r}"
+            )
+        if self.official_cond_dim < 1:
+            raise ValueError(f"official_cond_dim must be >= 1, got {self.official_cond_dim}")
         if self.prologue_temperature_schedule != "constant" or self.prologue_temperature_start is not None:
             ProbSTETemperatureSchedule(  # checks the kind and the values now, not at the first step
                 self.prologue_temperature_start or 1.0, self.prologue_temperature_end or 1.0,
@@ -545,7 +556,12 @@ def train_tokenizer(
     set_seed(training_args.seed)
     model = build_stage1_model(model_args, loss_config)
     collator = seeded_image_collator(model.tokenizer.config.image_size, data_args, training_args.data_seed or training_args.seed)
-    trainer = PrologueTokenizerTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    trainer_class = PrologueTokenizerTrainer
+    if training_args.training_mode == "official":
+        from .official_trainer import OfficialPrologueTokenizerTrainer  # imports this module
+
+        trainer_class = OfficialPrologueTokenizerTrainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     train_save_push(trainer, training_args, commit_message="Prologue stage-1 tokenizer")
     return trainer
 
