@@ -247,3 +247,42 @@ def test_2d_baseline_tokenizer_without_prologue(image_folder, tmp_path):
     batch = PrologueARDataCollator(config.vocabulary)([ds[i] for i in range(4)])
     assert "prologue_ids" not in batch
     assert config.vocabulary.build_sequence(batch["class_labels"], batch["visual_ids"]).shape == (4, 17)
+
+
+# ------------------------------------------------------------------------------------------- undecodable shards
+def test_a_shard_of_undecodable_images_merges_as_empty_and_is_counted(tokenizer, tmp_path):
+    import logging
+
+    from prologue_hf.training.pretokenize import merge_shards
+
+    folder = make_image_folder(tmp_path / "images", corrupt=False)
+    for path in (folder / "cow").iterdir():  # the 3 images of the last shard (shard_size 3)
+        path.write_bytes(b"\x89PNG not an image")
+    source = load_image_dataset(str(folder))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    merge_logger = logging.getLogger("prologue_hf.training.pretokenize.merge")
+    merge_logger.addHandler(handler)  # transformers' loggers do not propagate to the root logger
+    try:
+        ds = run(tokenizer, source, tmp_path / "ids", shard_size=3, keep_shards=True)
+    finally:
+        merge_logger.removeHandler(handler)
+    info = PretokenizedInfo.from_dataset(ds)
+    assert (len(ds), info.num_images, info.num_skipped) == (60, 6, 3)
+    assert sorted(set(ds[:]["label"].tolist())) == [0, 1]
+    summary = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert summary == ["3 of 9 source images were undecodable and skipped; shards without a decodable image: "
+                       "shard-000002-of-000003"]  # fmt: skip
+    # an empty shard written before empty shards got an arrow file (the IndexError of every rerun) merges too
+    shards = tmp_path / "ids" / SHARDS_DIR
+    for arrow in (shards / "shard-000002-of-000003").glob("*.arrow"):
+        arrow.unlink()
+    names = [f"shard-00000{i}-of-000003" for i in range(3)]
+    remerged = merge_shards(str(tmp_path / "again"), str(shards), names, info, keep_shards=True)
+    np.testing.assert_array_equal(remerged[:]["visual_ids"], ds[:]["visual_ids"])
+    # nothing decodable at all: a clear error, not an empty dataset
+    for path in folder.rglob("*.png"):
+        path.write_bytes(b"\x89PNG not an image")
+    with pytest.raises(ValueError, match="all 9 source images were undecodable"):
+        run(tokenizer, load_image_dataset(str(folder)), tmp_path / "none", shard_size=3)

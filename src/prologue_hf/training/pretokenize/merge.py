@@ -28,22 +28,32 @@ def merge_shards(
     """Concatenate the shards ``names`` (in that order) of ``shards_dir`` into ``output_dir``.
 
     The image counts of ``info`` are filled from the shards' statistics (and ``num_classes`` from the labels when the
-    source named no classes). The arrow files go through a temporary folder; :data:`PRETOKENIZED_INFO_FILE` is
+    source named no classes); skipped (undecodable) images are counted and reported, and a shard none of whose images
+    could be decoded adds no rows. The arrow files go through a temporary folder; :data:`PRETOKENIZED_INFO_FILE` is
     written last and marks the dataset complete. ``sort_by_image`` restores one global order (by image, then view)
     for stream shards of several processes; ``keep_shards=False`` deletes ``shards_dir`` afterwards.
 
     Returns:
         the merged dataset, loaded as by :func:`~prologue_hf.training.pretokenize.info.load_pretokenized_dataset`.
+
+    Raises:
+        ValueError: no shard holds a row (an empty source, or not one decodable image).
     """
-    parts, images, skipped = [], 0, 0
+    parts, images, skipped, empty = [], 0, 0, []
     for name in names:
         path = os.path.join(shards_dir, name)
-        parts.append(datasets.load_from_disk(path))
         with open(os.path.join(path, SHARD_STATS_FILE)) as handle:
             stats = json.load(handle)
         images += stats["num_images"] - stats["num_skipped"]
         skipped += stats["num_skipped"]
+        if stats["num_images"] == stats["num_skipped"]:
+            # every image undecodable: no rows (and, written before empty shards got an arrow file, nothing to load)
+            empty.append(name)
+            continue
+        parts.append(datasets.load_from_disk(path))
     if not parts:
+        if skipped:
+            raise ValueError(f"all {skipped} source images were undecodable (skipped): nothing to pretokenize")
         raise ValueError("the source dataset is empty: nothing to pretokenize")
     merged = datasets.concatenate_datasets(parts)
     if sort_by_image:  # restore one global order: by image, then view
@@ -64,6 +74,9 @@ def merge_shards(
     if not keep_shards:
         shutil.rmtree(shards_dir, ignore_errors=True)
     logger.info(f"pretokenized dataset: {len(merged)} rows from {images} images ({skipped} skipped) -> {output_dir}")
+    if skipped:
+        where = f"; shards without a decodable image: {', '.join(empty)}" if empty else ""
+        logger.warning(f"{skipped} of {images + skipped} source images were undecodable and skipped{where}")
     return load_pretokenized_dataset(output_dir)
 
 

@@ -116,7 +116,9 @@ def _write_shard(columns: dict, features: datasets.Features, shards_dir: str, na
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     table = {name: list(values) if values.ndim == 2 else values for name, values in columns.items()}
-    datasets.Dataset.from_dict(table, features=features).save_to_disk(tmp)
+    shard = datasets.Dataset.from_dict(table, features=features)
+    # an empty dataset is saved without any arrow file unless asked for one, and load_from_disk cannot read that back
+    shard.save_to_disk(tmp, num_shards=None if len(shard) else 1)
     with open(os.path.join(tmp, SHARD_STATS_FILE), "w") as handle:
         json.dump({"num_images": images, "num_skipped": skipped}, handle)
     os.replace(tmp, final)
