@@ -22,6 +22,8 @@ Stage 2 then runs unchanged on top: ``examples/pretokenize.py`` with the Post ``
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +74,13 @@ class ProloguePostTrainer(PrologueTokenizerTrainer):
             raise RuntimeError(f"{leaked} frozen visual-tokenizer parameters are in the optimizer")
         return optimizer
 
+    def resume_tokenizer_identities(self, checkpoint: str) -> tuple[str | None, str | None]:
+        """The frozen visual tokenizer the checkpoint's Prologue-Post model was trained over (its config's
+        ``visual_tokenizer``: model class and weights SHA-256) and this run's."""
+        with open(os.path.join(checkpoint, TOKENIZER_DIR, "config.json")) as handle:
+            recorded = json.load(handle).get("visual_tokenizer")
+        return _frozen_tokenizer_identity(recorded), _frozen_tokenizer_identity(self.model.post.config.visual_tokenizer)
+
     def model_card(self) -> dict:
         """The README of a Prologue-Post run (:func:`~prologue_hf.training.recipe.write_model_card` arguments)."""
         post = self.model.post
@@ -91,6 +100,13 @@ class ProloguePostTrainer(PrologueTokenizerTrainer):
             facts=[f"`{TOKENIZER_DIR}/`: {'EMA' if self.ema is not None else 'online'} weights; steps: {self.state.global_step}."],
             tags=["prologue-post", "image-tokenizer"],
         )
+
+
+def _frozen_tokenizer_identity(identity: dict | None) -> str | None:
+    """``"<model class> weights sha256:..."`` of an adapter identity dict, or None without a weights hash."""
+    if not identity or not identity.get("weights_sha256"):
+        return None
+    return f"{identity.get('model_class', '?')} weights {identity['weights_sha256']}"
 
 
 # ============================================================================================ recipe

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainerCallback, TrainingArguments, get_wsd_schedule
+from transformers import Trainer, TrainerCallback, get_wsd_schedule
 from transformers.trainer_utils import SaveStrategy
 from transformers.utils import logging
 
@@ -48,6 +48,7 @@ from .recipe import (
     TOKENIZER_DIR,
     TOKENIZER_ONLINE_DIR,
     RecipeTrainerMixin,
+    RecipeTrainingArguments,
     build_compact_ar,
     json_overrides,
     seeded_image_collator,
@@ -67,8 +68,9 @@ _MAX_ID_BATCHES = 64  # codebook statistics use at most this many recent batches
 
 # ============================================================================================ arguments
 @dataclass
-class PrologueTokenizerTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus the stage-1 optimizer, schedule, EMA and visualisation settings.
+class PrologueTokenizerTrainingArguments(RecipeTrainingArguments):
+    """``TrainingArguments`` plus the stage-1 optimizer, schedule, EMA and visualisation settings (and the recipes'
+    shared ``overwrite_output_dir`` / ``ignore_tokenizer_identity``: :class:`~prologue_hf.training.recipe.RecipeTrainingArguments`).
 
     ``learning_rate``, ``warmup_steps``, ``max_grad_norm``, ``bf16``, ``seed``, ``save_steps`` ... keep their
     ``TrainingArguments`` meaning; ``adam_beta1/2`` and ``weight_decay`` are not used (per-group fields below).
