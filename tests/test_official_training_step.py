@@ -275,3 +275,18 @@ def test_tied_head_ar_trains_and_folds():
     with torch.no_grad():
         expected = ar.eval()(ids).logits
         torch.testing.assert_close(folded_copy(ar).eval()(ids).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_replay_refuses_settings_it_cannot_reproduce(step_dir, tmp_path):
+    folder = tmp_path / "fixture"
+    shutil.copytree(step_dir, folder)
+    text = (folder / "config.yaml").read_text()
+    assert "DO_L1-DO_GAN_G-DO_PRIOR_ENC" in text and "grad_clip_ar: 0.0" in text
+    (folder / "config.yaml").write_text(
+        text.replace("DO_L1-DO_GAN_G-DO_PRIOR_ENC", "DO_L1-DO_LPIPS-DO_GAN_G-DO_PRIOR_ENC").replace(
+            "grad_clip_ar: 0.0", "grad_clip_ar: 1.0"
+        )
+    )
+    with pytest.raises(NotImplementedError, match="DO_LPIPS") as error:
+        replay_official_step_fixture(folder)
+    assert "grad_clip_ar" in str(error.value)

@@ -84,6 +84,15 @@ def replay_official_step_fixture(folder: str | Path) -> ParityReport:
     problems = OfficialStage1Settings.unsupported_official_settings(config)
     if float(config.get("warmup_steps", 0)) != 0:
         problems.append(f"warmup_steps = {config.get('warmup_steps')} (the replay runs at the peak lr; needs 0)")
+    phases = str(config.get("phases", ""))
+    groups = phases.split(":")[1].split(",") if phases.count(":") == 2 else []
+    if not (phases.endswith(":1,1") and len(groups) == 2 and "DO_PRIOR_ENC" in groups[0] and "DO_PRIOR_AR" in groups[1]):
+        problems.append(f"phases = {phases!r} (the replay runs an encoder step then an AR step: '...:<enc>,<ar>:1,1')")
+    if "DO_LPIPS" in phases:
+        problems.append("DO_LPIPS is on (the official LPIPS needs pretrained VGG weights; the step fixtures turn it off)")
+    iterations_on_disk = len([p for p in folder.glob("iter*") if p.name[4:].isdigit()])
+    if "DO_GAN" in phases and int(config.get("gan_start", 0)) < 2 * iterations_on_disk:
+        problems.append(f"gan_start = {config.get('gan_start')} (the official GANLoss discriminator has no counterpart here)")
     if problems:
         raise NotImplementedError(f"{folder}: " + "; ".join(problems))
     settings = OfficialStage1Settings.from_official_config(config)

@@ -59,7 +59,8 @@ class OfficialStage1Settings:
     commitment_weight: float = 1.0  # commitment_loss_weight
     entropy_weight: float = 0.05  # entropy_loss_weight
     entropy_temperature: float = 0.01  # compute_entropy_loss's default
-    vq_beta: float = 0.25
+    vq_beta: float = 0.25  # Quantizer.vq_beta (the visual VQ loss itself uses the tokenizer's commitment_beta)
+    prologue_vq_beta: float = 0.25  # SemanticQuantizer.vq_beta (its detached monitor term only)
     prior_weight_prologue: float = 3.0
     prior_weight_visual: float = 3.0
     visual_dropout: float = 0.5  # prior_visual_dropout
@@ -85,6 +86,7 @@ class OfficialStage1Settings:
             commitment_weight=float(get("commitment_loss_weight")),
             entropy_weight=float(get("entropy_loss_weight")),
             vq_beta=float(get("Quantizer.vq_beta")),
+            prologue_vq_beta=float(get("SemanticQuantizer.vq_beta", get("Quantizer.vq_beta"))),
             prior_weight_prologue=float(get("prior_enc_semantic_weight")),
             prior_weight_visual=float(get("prior_enc_visual_weight")),
             visual_dropout=float(get("prior_visual_dropout")),
@@ -108,6 +110,10 @@ class OfficialStage1Settings:
         for key in ("Quantizer.use_entropy_loss", "SemanticQuantizer.use_entropy_loss", "SemanticQuantizer.use_quant_loss"):
             if config.get(key, False):
                 problems.append(f"{key} = true (the released recipe keeps these terms detached)")
+        if config.get("Quantizer.use_quant_loss", True) is not True:
+            problems.append("Quantizer.use_quant_loss must be true (the visual VQ loss trains the encoder and codebook)")
+        if config.get("Quantizer.monitor_metrics", True) is not True or config.get("SemanticQuantizer.monitor_metrics", True) is not True:
+            problems.append("monitor_metrics must be true (the detached quantizer terms are part of the official loss value)")
         return problems
 
 
@@ -326,7 +332,7 @@ class OfficialStage1Stepper:
         with torch.no_grad():
             codes = self.tokenizer.prologue_quantizer.lookup(out.prologue_ids)
             z = out.prologue_features
-            semantic_quant = F.mse_loss(out.prologue_quantized, z) + (1.0 + s.vq_beta) * F.mse_loss(codes, z)
+            semantic_quant = F.mse_loss(out.prologue_quantized, z) + (1.0 + s.prologue_vq_beta) * F.mse_loss(codes, z)
         visual_quant = out.quantizer_loss.float()
         visual_vq = s.commitment_weight * visual_quant + s.entropy_weight * visual_entropy["entropy_loss"]
         semantic_vq = s.commitment_weight * semantic_quant + s.entropy_weight * prologue_entropy["entropy_loss"]
