@@ -251,6 +251,8 @@ def test_training_steps_leave_the_frozen_tokenizer_bit_identical(name, tmp_path)
     logs = [entry for entry in trainer.state.log_history if "ar_ce" in entry]
     assert len(logs) == 2 and all(np.isfinite(entry["ar_ce"]) and entry["ar_ce"] > 0 for entry in logs)
     assert logs[0]["loss"] == pytest.approx(3.0 * logs[0]["ar_ce"], rel=1e-5)  # L = lambda * L_AR, nothing else
+    # issue 15: the prologue collapse diagnostics are logged by the Post trainer too
+    assert all(0 < e["prologue_p_max_median"] <= 1 and 0 < e["prologue_distinct_tuples"] <= 1 for e in logs)
 
 
 def test_loss_is_the_routed_ar_loss_and_dropout_changes_only_inputs():
