@@ -24,6 +24,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from transformers.utils import logging
 
+from ..identity import tokenizer_identity
 from ..models import PrologueARForCausalLM, PrologueTokenizerModel
 from ..models.modeling_prologue_post import ProloguePostModel
 from ..vocabulary import check_compatible
@@ -91,6 +92,10 @@ class ProloguePipeline(DiffusionPipeline):
         default_sampling: what ``__call__`` uses when ``sampling`` is not given: a preset name of
             :data:`~prologue_hf.pipelines.SAMPLING_PRESETS`, a :class:`SamplingParams` (stored as a dict)
             or ``None`` (plain sampling without guidance).
+        verify_tokenizer_identity: when the AR's config records the tokenizer its ids came from
+            (``tokenizer_identity``), check that ``tokenizer`` is that one (:meth:`check_tokenizer_identity`, also on
+            ``register_modules``); also a keyword of ``from_pretrained``. ``False`` is the explicit opt-out; it is not
+            saved.
 
     >>> from prologue_hf.testing import tiny_pipeline
     >>> pipe = tiny_pipeline()
@@ -107,8 +112,10 @@ class ProloguePipeline(DiffusionPipeline):
         ar: PrologueARForCausalLM,
         id2label: dict | list | None = None,
         default_sampling: str | dict | SamplingParams | None = None,
+        verify_tokenizer_identity: bool = True,
     ):
         super().__init__()
+        self._verify_tokenizer_identity = verify_tokenizer_identity
         if not isinstance(tokenizer, (PrologueTokenizerModel, ProloguePostModel)):
             raise ValueError(
                 f"tokenizer must be a PrologueTokenizerModel or a ProloguePostModel (Prologue-Post, decodes through "
@@ -168,6 +175,45 @@ class ProloguePipeline(DiffusionPipeline):
 
         tokenizer = AutoModel.from_pretrained(tokenizer_name_or_path)
         return cls(tokenizer=tokenizer, ar=PrologueARForCausalLM.from_pretrained(ar_name_or_path), **kwargs)
+
+    def register_modules(self, **kwargs) -> None:
+        """diffusers' ``register_modules``; once both components are set, the pair is first checked with
+        :meth:`check_tokenizer_identity` (unless built with ``verify_tokenizer_identity=False``), so a refused swap
+        leaves the pipeline as it was."""
+        tokenizer, ar = (kwargs.get(name, getattr(self, name, None)) for name in ("tokenizer", "ar"))
+        if tokenizer is not None and ar is not None and getattr(self, "_verify_tokenizer_identity", True):
+            self.check_tokenizer_identity(tokenizer, ar)
+        super().register_modules(**kwargs)
+
+    @staticmethod
+    def check_tokenizer_identity(
+        tokenizer: PrologueTokenizerModel | ProloguePostModel, ar: PrologueARForCausalLM
+    ) -> None:
+        """``ValueError`` unless ``tokenizer`` is the one whose ids ``ar`` was trained on, when the AR config records it
+        (``tokenizer_identity``; a converted official AR may not: then nothing is checked).
+
+        The identity (:func:`~prologue_hf.identity.tokenizer_identity`) hashes the tokenizer's config and every weight,
+        about 1 s for the B tokenizer on one CPU core. It is recorded from the weights as saved, so a tokenizer held in
+        another dtype (e.g. loaded with ``torch_dtype=torch.bfloat16``) cannot be verified: a mismatch there is a warning.
+        """
+        recorded = ar.config.tokenizer_identity
+        if recorded is None:
+            return
+        current = tokenizer_identity(tokenizer)
+        if current == recorded:
+            return
+        message = (
+            f"tokenizer identity mismatch: the AR was trained on the ids of tokenizer {recorded}, the given tokenizer "
+            f"is {current}"
+        )
+        dtypes = {p.dtype for p in tokenizer.parameters() if p.is_floating_point()}
+        if dtypes != {torch.float32}:
+            logger.warning(f"{message}; not verifiable for a tokenizer held in {sorted(map(str, dtypes))}")
+            return
+        raise ValueError(
+            f"{message}: it would decode the sampled ids into noise. Use the tokenizer the AR was trained with, or pass "
+            "verify_tokenizer_identity=False (to ProloguePipeline or its from_pretrained) to skip this check"
+        )
 
     # ------------------------------------------------------------------ labels
     @property
