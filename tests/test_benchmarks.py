@@ -69,3 +69,25 @@ def test_bench_sampling_against_mode_times_both_checkouts_in_turn(load_example, 
     assert all(len(t) == 1 and t[0] > 0 for t in row["times"].values())
     assert row["this_over_against_median"] == pytest.approx(row["this_median"] / row["against_median"])
     assert json.loads(out.read_text())[0]["batch"] == 1
+
+
+def test_bench_training_splits_each_step_of_the_three_trainers(load_example, tmp_path):
+    from prologue_hf.testing import tiny_ar_config
+
+    bench = load_example("bench_training", folder="benchmarks")
+    out = tmp_path / "training.json"
+    results = bench.main(["--size", "tiny", "--dtypes", "fp32", "--steps", "2", "--warmup", "1", "--threads", "1",
+                          "--json", str(out)])  # fmt: skip
+    assert [r["trainer"] for r in results] == ["stage1", "stage2", "post"]
+    for r in results:
+        assert r["timed_steps"] == 2 and len(r["steps"]) == 2 and r["compile"] == "off"
+        for step in r["steps"]:  # the parts and the overhead add up to the step's wall time
+            assert all(step[part] >= 0 for part in ("data", "forward", "backward", "optimizer"))
+            assert step["forward"] > 0 and step["backward"] > 0 and step["optimizer"] > 0
+            assert sum(step[part] for part in bench.PARTS) == pytest.approx(step["wall"], abs=2e-4)
+        rate = r["sequences_per_s"] if r["trainer"] == "stage2" else r["images_per_s"]
+        assert rate == pytest.approx(r["batch_size"] / r["s_per_step_median"], rel=1e-2)
+        assert r["s_per_step_min"] <= r["s_per_step_median"] and r["peak_rss_mib"] > r["peak_rss_growth_mib"] > 0
+    sequence_length = tiny_ar_config().vocabulary.sequence_length
+    assert json.loads(out.read_text())["results"][1]["sequence_length"] == sequence_length
+    assert "| stage1 | tiny | 2 | fp32 | off |" in bench.markdown_table(results)
