@@ -1,8 +1,8 @@
 """Bad inputs to the public API (issue 16): one table of cases, each asserting the exception type and that the
 message names the argument, plus the inputs that are accepted and what they give.
 
-``item`` in a case id is the issue's item number (5, 6, 9, 10) or ``ok`` for cases that already gave a clear error
-before the issue. docs/reliability.md lists the same cases with their outcome.
+``item`` in a case id is the issue's item number (2, 3, 4, 5, 6, 8, 9, 10) or ``ok`` for cases that already gave a
+clear error before the issue. docs/reliability.md lists the same cases with their outcome.
 """
 
 import io
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+import datasets
 import numpy as np
 import PIL.Image
 import pytest
@@ -24,9 +25,10 @@ from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
 from prologue_hf import PrologueARConfig, ProloguePostConfig, PrologueTokenizerConfig, PrologueTokenizerModel
+from prologue_hf.identity import tokenizer_identity
 from prologue_hf.models.modeling_prologue_tokenizer import PIXEL_RANGE_TOLERANCE, check_pixel_range
 from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
-from prologue_hf.testing import TINY_TOKENIZER_KWARGS, tiny_pipeline, tiny_tokenizer
+from prologue_hf.testing import TINY_TOKENIZER_KWARGS, tiny_ar, tiny_pipeline, tiny_tokenizer
 from prologue_hf.testing_post import tiny_post_model
 
 
@@ -120,6 +122,78 @@ def _image_file(array: np.ndarray, fmt: str, truncate: bool = False) -> PIL.Imag
     PIL.Image.fromarray(array).save(buffer, fmt)
     data = buffer.getvalue()
     return PIL.Image.open(io.BytesIO(data[: len(data) // 2] if truncate else data))
+
+
+def _stage2_trainer(
+    name: str, tokenizer: PrologueTokenizerModel | None = None, checkpoints: tuple[str, ...] = (), **overrides
+):
+    """A stage-2 trainer (1 step, no saving; ``overrides`` of its arguments) on 8 rows of ids recorded as
+    ``tokenizer``'s, its output folder ``<scratch>/<name>`` holding the given sub-folders / files first."""
+    from prologue_hf.training.pretokenize import PretokenizedInfo, output_features
+    from prologue_hf.training.trainer_ar import PrologueARTrainer, PrologueARTrainingArguments
+
+    tokenizer = tokenizer or _tokenizer()
+    info = PretokenizedInfo.from_tokenizer(tokenizer, num_classes=10, num_images=8)
+    rng = np.random.default_rng(0)
+    table = {
+        "prologue_ids": list(rng.integers(0, 16, (8, 4)).astype(np.int16)),
+        "visual_ids": list(rng.integers(0, 64, (8, 16)).astype(np.int16)),
+        "label": rng.integers(0, 10, 8).astype(np.int32),
+        "crop_index": np.zeros(8, dtype=np.int8),
+        "image_index": np.arange(8),
+    }
+    dataset = datasets.Dataset.from_dict(table, features=output_features(info))
+    dataset.info.description = info.to_json()
+    output_dir = os.path.join(_ROOT, name)
+    for entry in checkpoints:
+        os.makedirs(os.path.dirname(os.path.join(output_dir, entry)), exist_ok=True)
+        if entry.endswith(".safetensors"):
+            tiny_ar(tokenizer.config).save_pretrained(output_dir)
+        else:
+            os.makedirs(os.path.join(output_dir, entry), exist_ok=True)
+    args = PrologueARTrainingArguments(
+        output_dir, max_steps=1, per_device_train_batch_size=8, use_cpu=True, report_to="none", save_strategy="no",
+        disable_tqdm=True, **overrides,
+    )  # fmt: skip
+    return PrologueARTrainer(tiny_ar(tokenizer.config), args, train_dataset=dataset)
+
+
+def _stage2_checkpoint(name: str, identity: str, ema: bool = True) -> str:
+    """A complete-looking stage-2 checkpoint folder whose AR config records ``identity`` (without ``ema/`` unless
+    ``ema``: what a killed save left before issue 16)."""
+    folder = os.path.join(_ROOT, name)
+    tiny_ar(tokenizer_identity=identity).save_pretrained(folder)
+    if ema:
+        tiny_ar(tokenizer_identity=identity).save_pretrained(os.path.join(folder, "ema"))
+    with open(os.path.join(folder, "trainer_state.json"), "w") as handle:
+        json.dump({"global_step": 4}, handle)
+    return folder
+
+
+def _resume_stage2_on_other_ids():
+    checkpoint = _stage2_checkpoint("run-a/checkpoint-4", tokenizer_identity(_tokenizer()))
+    return _stage2_trainer("run-a", tokenizer=tiny_tokenizer(seed=1)).train(resume_from_checkpoint=checkpoint)
+
+
+def _mismatched_pipeline_folder() -> str:
+    folder = os.path.join(_ROOT, "mismatched-pipeline")
+    ar = tiny_ar(tokenizer_identity=tokenizer_identity(_tokenizer()))
+    ProloguePipeline(tiny_tokenizer(seed=1), ar, verify_tokenizer_identity=False).save_pretrained(folder)
+    return folder
+
+
+def _pretokenize_undecodable(name: str):
+    from prologue_hf.training.image_data import load_image_dataset
+    from prologue_hf.training.pretokenize import PretokenizeConfig, pretokenize_dataset
+
+    root = os.path.join(_ROOT, name, "images")
+    for i, cls in enumerate(("a", "a", "b")):  # two class folders: the labels come from them
+        os.makedirs(os.path.join(root, cls), exist_ok=True)
+        with open(os.path.join(root, cls, f"{i}.png"), "wb") as handle:
+            handle.write(b"\x89PNG not an image")
+    images = load_image_dataset(root)
+    config = PretokenizeConfig(os.path.join(_ROOT, name, "ids"), batch_size=2, shard_size=2)
+    return pretokenize_dataset(_tokenizer(), images, config, process_index=0, num_processes=1)
 
 
 _ROOT = ""  # set per session by the autouse fixture below
@@ -307,6 +381,30 @@ CASES = [
          OSError, r"image file is truncated"),
     Case("ok-not-an-image", lambda: PIL.Image.open(io.BytesIO(b"not an image")), PIL.UnidentifiedImageError,
          r"cannot identify image file"),
+    # items 2 and 3: checkpoints and output folders (the fault injection itself: tests/test_checkpoint_safety.py)
+    Case("2-resume-from-a-checkpoint-without-its-ema",
+         lambda: _stage2_trainer("ema-run", ema_halflife_steps=50).train(
+             resume_from_checkpoint=_stage2_checkpoint("ema-run/c", tokenizer_identity(_tokenizer()), ema=False)),
+         ValueError, r"resume_from_checkpoint=.*ema-run/c.* is incomplete \(no weights in ema/\)"),
+    Case("3-fresh-run-into-a-folder-with-checkpoints",
+         lambda: _stage2_trainer("old-run", checkpoints=("checkpoint-2", "checkpoint-4")).train(), ValueError,
+         r"output_dir .*old-run holds a previous run \(checkpoint-2, checkpoint-4\).*--overwrite_output_dir"),
+    Case("3-fresh-run-into-a-finished-run", lambda: _stage2_trainer("done-run", checkpoints=("model.safetensors",)).train(),
+         ValueError, r"output_dir .*done-run holds a previous run \(model.safetensors\)"),
+    # item 4: tokenizer identity
+    Case("4-stage2-resume-on-another-tokenizers-ids", _resume_stage2_on_other_ids, ValueError,
+         r"checkpoint-4 was trained on the ids of tokenizer sha256:\w+, but this run's tokenizer is sha256:\w+"
+         r".*--ignore_tokenizer_identity"),
+    Case("4-pipeline-with-another-tokenizer",
+         lambda: ProloguePipeline(tiny_tokenizer(seed=1), tiny_ar(tokenizer_identity=tokenizer_identity(_tokenizer()))),
+         ValueError, r"tokenizer identity mismatch: the AR was trained on the ids of tokenizer sha256:\w+, the given "
+         r"tokenizer is sha256:\w+.*verify_tokenizer_identity=False"),
+    Case("4-pipeline-from-pretrained-with-another-tokenizer",
+         lambda: ProloguePipeline.from_pretrained(_mismatched_pipeline_folder()), ValueError,
+         r"tokenizer identity mismatch.*verify_tokenizer_identity=False"),
+    # item 8: pretokenize
+    Case("8-pretokenize-nothing-decodable", lambda: _pretokenize_undecodable("undecodable"), ValueError,
+         r"all 3 source images were undecodable \(skipped\)"),
 ]
 
 

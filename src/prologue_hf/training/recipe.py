@@ -167,7 +167,10 @@ def resolve_resume_checkpoint(
         )
     problem = checkpoint_problem(resume, weight_dirs)
     if problem is not None:
-        raise ValueError(f"cannot resume from {resume}: the checkpoint is incomplete ({problem})")
+        raise ValueError(
+            f"cannot resume from resume_from_checkpoint={resume!r}: the checkpoint is incomplete ({problem}); give a "
+            f"complete checkpoint folder or one of {RESUME_NEWEST} (the newest complete checkpoint)"
+        )
     return resume
 
 
