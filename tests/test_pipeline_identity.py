@@ -78,3 +78,11 @@ def test_a_tokenizer_held_in_another_dtype_cannot_be_verified_and_says_so():
     finally:
         pipeline_logger.removeHandler(handler)
     assert len(records) == 1 and "not verifiable for a tokenizer held in ['torch.bfloat16']" in records[0].getMessage()
+
+
+def test_the_identity_cost_benchmark_runs(load_example):
+    bench = load_example("bench_identity", folder="benchmarks")
+    (row,) = bench.main(["--presets", "tiny", "--repeats", "2"])
+    tiny = tiny_tokenizer(seed=0)
+    assert row["elements"] == sum(t.numel() for t in tiny.state_dict().values())
+    assert row["mib"] == row["elements"] * 4 / 2**20 and len(row["runs"]) == 2 and row["seconds"] > 0

@@ -192,9 +192,10 @@ class ProloguePipeline(DiffusionPipeline):
         """``ValueError`` unless ``tokenizer`` is the one whose ids ``ar`` was trained on, when the AR config records it
         (``tokenizer_identity``; a converted official AR may not: then nothing is checked).
 
-        The identity (:func:`~prologue_hf.identity.tokenizer_identity`) hashes the tokenizer's config and every weight,
-        about 1 s for the B tokenizer on one CPU core. It is recorded from the weights as saved, so a tokenizer held in
-        another dtype (e.g. loaded with ``torch_dtype=torch.bfloat16``) cannot be verified: a mismatch there is a warning.
+        The identity (:func:`~prologue_hf.identity.tokenizer_identity`) hashes the tokenizer's config and every weight:
+        1 to 1.5 s for the B tokenizer on one CPU core (``benchmarks/bench_identity.py``). It is recorded from the
+        weights as saved, so a tokenizer held in another dtype (e.g. loaded with ``torch_dtype=torch.bfloat16``) cannot
+        be verified: a mismatch there is a warning.
         """
         recorded = ar.config.tokenizer_identity
         if recorded is None:
