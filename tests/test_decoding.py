@@ -216,8 +216,8 @@ def test_generate_ids_bf16_packed_stays_close_to_plain():
 def test_generate_ids_restores_the_model_and_keeps_the_forward_hooks_working():
     ar = _ar()
     seen = []
-    handle = ar.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"].shape), with_kwargs=True)
+    handle = ar.model.register_forward_pre_hook(lambda m, a, kw: seen.append(m.training), with_kwargs=True)
     generate_ids(ar, torch.tensor([1, 2]), "prologue-B-B")
     handle.remove()
-    assert len(seen) == 21 and seen[0] == (4, 1, 64)  # one forward per step, on the model's own modules
+    assert seen == [False] * 21  # one forward per step, through the model's own modules
     assert not any(isinstance(module, PackedLinear) for module in ar.modules())

@@ -167,9 +167,15 @@ def test_kv_cache_matches_full_recompute_with_a_fixed_prologue():
     torch.testing.assert_close(cached.step_logits[finite], full.step_logits[finite], rtol=0, atol=1e-5)
 
 
+def _batch_rows(forward_kwargs: dict) -> int:
+    """Rows of one AR forward call, whether the sampler feeds ids or embeddings."""
+    inputs = forward_kwargs.get("inputs_embeds")
+    return (inputs if inputs is not None else forward_kwargs["input_ids"]).shape[0]
+
+
 def _rows_per_forward(ar, **kwargs) -> list[int]:
     rows = []
-    handle = ar.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["inputs_embeds"].shape[0]), with_kwargs=True)
+    handle = ar.model.register_forward_pre_hook(lambda m, a, kw: rows.append(_batch_rows(kw)), with_kwargs=True)
     try:
         generate_ids(ar, torch.tensor([1, 2]), generator=_seeded(0), **kwargs)
     finally:
