@@ -10,8 +10,9 @@ Trainers (``--size B``: the paper's Base configurations, read from ``examples/co
   ``tokenizer_B.yaml`` (512 x 7, untied), 256 px images decoded from PNG and augmented by the training collator.
   LPIPS and the GAN are off (LPIPS needs VGG weights that are not downloaded; the official comparison ran without
   both as well).
-* ``stage2``: :class:`PrologueARTrainer`, the B AR (``PrologueARConfig.from_preset("B")``, dropout 0.1) on random
-  pretokenized ids of the B tokenizer (K = 16, N = 256, 1000 classes; 274 tokens).
+* ``stage2``: :class:`PrologueARTrainer`, the B AR (``PrologueARConfig.from_preset("B")``, dropout 0.1, gradient
+  clipping 1, an EMA with the official half-life of 2500 steps) on random pretokenized ids of the B tokenizer
+  (K = 16, N = 256, 1000 classes; 274 tokens).
 * ``post``: :class:`ProloguePostTrainer`, the Post encoder + compact AR of ``post_B.yaml`` over a frozen random B 2D
   tokenizer (K = 0), 256 px images as for stage 1.
 
@@ -31,6 +32,7 @@ sequences/s) at the median step; peak memory (CPU: the process's peak resident s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -216,7 +218,9 @@ def build_stage2(args, workdir: str):
     torch.manual_seed(0)
     model = PrologueARForCausalLM(config)
     training = PrologueARTrainingArguments(
-        **_common_training_args(args, workdir), learning_rate=2e-4, min_learning_rate=5e-5, warmup_steps=1
+        **_common_training_args(args, workdir), learning_rate=2e-4, min_learning_rate=5e-5, warmup_steps=1,
+        ema_halflife_steps=2500.0,  # the official stage-2 default (ar_ema_halflife), so both sides keep an EMA
+        activation_checkpointing=getattr(args, "activation_checkpointing", False),
     )
     return PrologueARTrainer(model, training, train_dataset=dataset), vocab.sequence_length
 
@@ -277,7 +281,7 @@ class StepProfiler:
             finally:
                 self._parts[part] += self._now() - start
 
-        setattr(owner, name, timed)
+        setattr(owner, name, functools.update_wrapper(timed, original))  # keeps the LR scheduler's step marker
 
     def _end_step(self) -> None:
         now = self._now()
@@ -337,7 +341,7 @@ def _cell_command(args, trainer: str, dtype: str, compile_: str) -> list[str]:
         sys.executable, os.path.abspath(__file__), "--cell", "--trainer", trainer, "--size", args.size,
         "--batch-size", str(batch), "--dtype", dtype, "--compile-mode", compile_, "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--threads", str(args.threads), "--compile-backend", args.compile_backend,
-    ]  # fmt: skip
+    ] + ["--activation-checkpointing"] * args.activation_checkpointing  # fmt: skip
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -366,6 +370,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off"], dest="compile_modes",
                         help="torch_compile=False / True (TrainingArguments)")  # fmt: skip
     parser.add_argument("--compile-backend", default="inductor", help="torch_compile_backend of the compiled cells")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="stage 2: recompute activations")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (compilation included)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

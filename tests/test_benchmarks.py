@@ -91,3 +91,16 @@ def test_bench_training_splits_each_step_of_the_three_trainers(load_example, tmp
     sequence_length = tiny_ar_config().vocabulary.sequence_length
     assert json.loads(out.read_text())["results"][1]["sequence_length"] == sequence_length
     assert "| stage1 | tiny | 2 | fp32 | off |" in bench.markdown_table(results)
+
+
+def test_check_device_training_and_compiled_sampling_parts_run_on_cpu(load_example):
+    check = load_example("check_device", folder="benchmarks")
+    report = check.main(["--device", "cpu", "--parts", "training", "compiled_sampling", "--train-size", "tiny",
+                         "--compile-backend", "aot_eager", "--dtypes", "fp32"])  # fmt: skip
+    runs = [(r["trainer"], r["compile"], r["activation_checkpointing"]) for r in report["training"]]
+    assert runs == [("stage1", "off", False), ("stage1", "on", False), ("stage2", "off", False),
+                    ("stage2", "on", False), ("post", "off", False), ("post", "on", False), ("stage2", "off", True)]
+    for r in report["training"]:
+        assert r["dtype"] == "bf16" and r["timed_steps"] == 2 and r["s_per_step_median"] > 0 and r["peak_rss_mib"] > 0
+    sampled = report["compiled_sampling"]["fp32"]
+    assert sampled["ids_equal"] == 1.0 and sampled["eager_s"] > 0 and sampled["compiled_s"] > 0
