@@ -23,7 +23,9 @@ into ``data`` (``get_batch_samples``: the DataLoader and collator), ``forward`` 
 (``accelerator.backward``), ``optimizer`` (gradient clipping, every optimizer's ``step``) and ``overhead`` (the
 rest: EMA update, LR schedules, ``zero_grad``, callbacks, the Trainer's own bookkeeping); images/s (stage 2:
 sequences/s) at the median step; peak memory (CPU: the process's peak resident set ``ru_maxrss``; CUDA:
-``torch.cuda.max_memory_allocated``). On CUDA every timed region is synchronised. Example::
+``torch.cuda.max_memory_allocated``); the process's CPU seconds per step (user + system, all its threads: with one
+torch thread, what the step costs whatever else shares the cores). On CUDA every timed region is synchronised.
+Example::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_training.py --size B --trainers stage1 stage2 post \\
         --dtypes fp32 bf16 --compile off on --steps 3 --warmup 2 --threads 2 --json training.json
@@ -246,6 +248,7 @@ class StepProfiler:
         self.steps: list[dict[str, float]] = []
         self._parts = dict.fromkeys(PARTS[:-1], 0.0)
         self._last_end: float | None = None
+        self._last_cpu: float | None = None
         self._wrap(trainer, "get_batch_samples", "data")
         self._wrap(trainer, "compute_loss", "forward")
         self._wrap(trainer.accelerator, "backward", "backward")
@@ -257,7 +260,7 @@ class StepProfiler:
         class _Callback(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 profiler._wrap(profiler.trainer.optimizer, "step", "optimizer")  # the prepared optimizer
-                profiler._last_end = profiler._now()
+                profiler._last_end, profiler._last_cpu = profiler._now(), time.process_time()
 
             def on_step_end(self, args, state, control, **kwargs):
                 profiler._end_step()
@@ -284,12 +287,12 @@ class StepProfiler:
         setattr(owner, name, functools.update_wrapper(timed, original))  # keeps the LR scheduler's step marker
 
     def _end_step(self) -> None:
-        now = self._now()
+        now, cpu = self._now(), time.process_time()
         wall = now - self._last_end
-        step = {"wall": wall, **self._parts, "overhead": wall - sum(self._parts.values())}
+        step = {"wall": wall, **self._parts, "overhead": wall - sum(self._parts.values()), "cpu": cpu - self._last_cpu}
         self.steps.append(step)
         self._parts = dict.fromkeys(PARTS[:-1], 0.0)
-        self._last_end = now
+        self._last_end, self._last_cpu = now, cpu
 
 
 def run_cell(args) -> dict:
@@ -321,6 +324,7 @@ def run_cell(args) -> dict:
         "timed_steps": len(timed),
         "s_per_step_median": round(median["wall"], 4),
         "s_per_step_min": round(min(step["wall"] for step in timed), 4),
+        "cpu_s_per_step_median": round(statistics.median(step["cpu"] for step in timed), 4),
         **{f"{part}_s_median": round(median[part], 4) for part in PARTS},
         ("sequences_per_s" if args.trainer == "stage2" else "images_per_s"): round(args.batch_size / median["wall"], 3),
         "image_size" if args.trainer != "stage2" else "sequence_length": unit_size,
