@@ -324,6 +324,7 @@ class RecipeTrainerMixin:
                 "--resume_from_checkpoint latest (or a checkpoint folder), choose another output_dir, or pass "
                 "--overwrite_output_dir to delete its checkpoints and start over"
             )
+        self.accelerator.wait_for_everyone()  # every process has looked before the main one deletes
         if self.args.should_save:
             for _, path in checkpoint_steps(output_dir):
                 shutil.rmtree(path)
