@@ -17,7 +17,7 @@ def gate_growth(steps: int, dim: int, cond_dim: int, lr: float = 1e-4, seed: int
     import torch
     from torch.nn.utils import parametrize
 
-    from prologue_hf.training.official_parametrization import (
+    from prologue_hf.models.official_parametrization import (
         OFFICIAL_GATE_INIT_SCALE,
         OFFICIAL_LINEAR_INIT_STD,
         ConditionedVector,

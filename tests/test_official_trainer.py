@@ -10,6 +10,7 @@ import torch
 from transformers import set_seed
 
 from prologue_hf import PrologueARForCausalLM, PrologueTokenizerModel
+from prologue_hf.models.official_parametrization import is_official_parametrized
 from prologue_hf.testing import TINY_AR_KWARGS, TINY_TOKENIZER_KWARGS
 from prologue_hf.training.image_data import (
     ImageDataArguments,
@@ -18,7 +19,6 @@ from prologue_hf.training.image_data import (
     load_training_images,
 )
 from prologue_hf.training.losses import PrologueStage1LossConfig
-from prologue_hf.training.official_parametrization import is_official_parametrized
 from prologue_hf.training.official_trainer import (
     OFFICIAL_STATE_NAME,
     OfficialOptimizers,

@@ -25,7 +25,7 @@ from prologue_hf.conversion.official_stage1 import (
     load_official_stage1_discriminator,
     official_state,
 )
-from prologue_hf.training.official_parametrization import (
+from prologue_hf.models.official_parametrization import (
     fold_official_parametrization,
     folded_copy,
     init_official_parametrization,
@@ -251,8 +251,8 @@ def test_stage1_ema_slots_are_read_by_name(step_dir):
 def test_tied_head_ar_trains_and_folds():
     """A tied AR head (official tied_embedding: the head is semantic_emb): the stepper trains it, the head stays tied
     to the embedding, and the folded model computes what the parametrized one does."""
+    from prologue_hf.models.official_parametrization import parametrize_official_ar
     from prologue_hf.testing import tiny_ar_config, tiny_tokenizer_config
-    from prologue_hf.training.official_parametrization import parametrize_official_ar
 
     torch.manual_seed(0)
     tokenizer = PrologueTokenizerModel(tiny_tokenizer_config())

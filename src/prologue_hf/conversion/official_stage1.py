@@ -5,8 +5,8 @@ README): ``model`` encoder, ``model_1`` decoder, ``model_2`` / ``model_3`` their
 discriminator, ``model_5`` the joint compact AR, ``model_6`` its EMA, ``model_7`` the frozen AR copy.
 :func:`load_official_stage1` reads the encoder/decoder/AR triple of either the online or the EMA slots, checks every
 key and shape against the config (through the inference converter), and returns the models with their gates and norm
-scales *unfolded* into the official ``W c + b`` form (:mod:`prologue_hf.training.official_parametrization`), so that
-training continues exactly as the official code would. :func:`~prologue_hf.training.official_parametrization.
+scales *unfolded* into the official ``W c + b`` form (:mod:`prologue_hf.models.official_parametrization`), so that
+training continues exactly as the official code would. :func:`~prologue_hf.models.official_parametrization.
 fold_official_parametrization` turns them back into the plain models the pipelines use.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..models import PrologueARForCausalLM, PrologueTokenizerModel
-from ..training.official_parametrization import (
+from ..models.official_parametrization import (
     OfficialParameterMap,
     parametrize_official_ar,
     parametrize_official_tokenizer,

@@ -17,7 +17,7 @@ is, on one batch (facts read from the official code; README of ``tests/fixtures/
    ``adaln``); its EMA.
 
 No gradient clipping. The models carry the official gate/norm parameterisation
-(:mod:`~prologue_hf.training.official_parametrization`); the optimizer groups are built from the official names.
+(:mod:`~prologue_hf.models.official_parametrization`); the optimizer groups are built from the official names.
 Every random draw can be injected (``label_drop_mask`` / ``visual_drop_mask``), otherwise it is drawn from torch's
 global generator in the official order.
 """
@@ -33,8 +33,8 @@ from torch import nn
 
 from ..models.modeling_prologue_ar import PrologueARForCausalLM
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel, patchify
+from ..models.official_parametrization import OfficialParameterMap
 from .losses import prologue_ar_loss
-from .official_parametrization import OfficialParameterMap
 
 
 @dataclass

@@ -4,7 +4,7 @@
 PrologueTokenizerTrainer` with three changes:
 
 * the tokenizer and the compact AR carry the official gate/norm parameterisation
-  (:mod:`~prologue_hf.training.official_parametrization`, conditioning width ``official_cond_dim``), started at the
+  (:mod:`~prologue_hf.models.official_parametrization`, conditioning width ``official_cond_dim``), started at the
   official init (``official_parametrization_init="official"``) or so that they compute exactly what the given weights
   computed (``"match"``, for continuing from a trained plain tokenizer);
 * each Trainer step is one official iteration (:class:`~prologue_hf.training.official_stage1.OfficialStage1Stepper`):
@@ -30,14 +30,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.utils import logging
 
-from .losses import adaptive_gan_weight, generator_adversarial_loss
-from .official_parametrization import (
+from ..models.official_parametrization import (
     folded_copy,
     init_official_parametrization,
     match_plain_values,
     parametrize_official_ar,
     parametrize_official_tokenizer,
 )
+from .losses import adaptive_gan_weight, generator_adversarial_loss
 from .official_stage1 import OfficialStage1Settings, OfficialStage1Stepper
 from .stage1_model import PrologueStage1Model
 from .trainer_tokenizer import (

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..models.modeling_prologue_ar import PrologueARForCausalLM
-from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel
+from .modeling_prologue_ar import PrologueARForCausalLM
+from .modeling_prologue_tokenizer import PrologueTokenizerModel
 
 # The official init of every gate and AdaRMSNorm affine (models.py ``init_weight=1e-5``) and of a Linear (trunc N(0, 0.02)).
 OFFICIAL_GATE_INIT_SCALE = 1e-5
