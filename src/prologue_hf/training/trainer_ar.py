@@ -386,7 +386,7 @@ class PrologueARTrainer(RecipeTrainerMixin, Trainer):
                 f"{config.num_attention_heads} heads, {config.num_classes} classes) over "
                 f"{vocab.num_prologue_tokens} prologue tokens, EOS and {vocab.num_visual_tokens} visual tokens of the "
                 f"tokenizer `{config.tokenizer_identity or 'unrecorded'}`, trained with "
-                "`prologue_hf.training.PrologueARTrainer` (arXiv 2605.06137, stage 2)."
+                "`prologue_hf.PrologueARTrainer` (arXiv 2605.06137, stage 2)."
             ),
             usage=[
                 "from prologue_hf import PrologueARForCausalLM",

@@ -521,7 +521,7 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
             usage.append(f'compact_ar = PrologueARForCausalLM.from_pretrained("<repo>", subfolder="{COMPACT_AR_DIR}")')
         return dict(
             title="Prologue stage-1 tokenizer",
-            summary="Trained with `prologue_hf.training.PrologueTokenizerTrainer` (arXiv 2605.06137, stage 1).",
+            summary="Trained with `prologue_hf.PrologueTokenizerTrainer` (arXiv 2605.06137, stage 1).",
             usage=usage,
             facts=[
                 f"`{TOKENIZER_DIR}/`: {'EMA' if self.ema is not None else 'online'} weights; "
