@@ -103,7 +103,7 @@ def test_non_empty_output_needs_overwrite_and_is_then_replaced_whole(release, tm
     written = cli.main(_args(release, out, "--overwrite"))
     assert written["pipeline"] == out.resolve()
     assert not any((out / name).exists() for name in stale)  # no stale weights survive next to the new ones
-    assert sorted(p.name for p in out.iterdir()) == ["ar", "model_index.json", "tokenizer"]
+    assert sorted(p.name for p in out.iterdir()) == ["ar", "model_index.json", "pipeline.py", "tokenizer"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["D", "converted"]  # no staging / old folder left
     assert _digest(release) == before
     PrologueARForCausalLM.from_pretrained(out / "ar")  # the replaced folder loads

@@ -211,9 +211,9 @@ def test_model_card_and_push_to_hub_up_to_the_network(pipe):
 
     uploaded = {}
 
-    def upload_folder(repo_id, folder_path, commit_message, create_pr):
+    def upload_folder(repo_id, folder_path, path_in_repo, commit_message, create_pr):
         uploaded.update(
-            repo_id=repo_id, files=sorted(os.listdir(folder_path)), commit=commit_message,
+            repo_id=repo_id, files=sorted(os.listdir(folder_path)), commit=commit_message, path_in_repo=path_in_repo,
             readme=open(os.path.join(folder_path, "README.md")).read(),
             index=json.load(open(os.path.join(folder_path, "model_index.json"))),
         )
@@ -228,7 +228,8 @@ def test_model_card_and_push_to_hub_up_to_the_network(pipe):
     api.create_repo.assert_called_once_with("prologue-tiny", private=True, exist_ok=True)
     assert result == "commit-info"
     assert uploaded["repo_id"] == "someone/prologue-tiny"
-    assert uploaded["files"] == ["README.md", "ar", "model_index.json", "tokenizer"]
+    assert uploaded["files"] == ["README.md", "ar", "model_index.json", "pipeline.py", "tokenizer"]
+    assert uploaded["path_in_repo"] is None
     assert uploaded["index"]["ar"] == ["prologue_hf.pipelines", "PrologueARForCausalLM"]
     assert "library_name: prologue-hf" in uploaded["readme"] and "someone/prologue-tiny" in uploaded["readme"]
 

@@ -276,7 +276,10 @@ def test_checkpoint_resume_is_bit_exact_and_reloads_the_frozen_tokenizer(tmp_pat
     first.train()
     assert first.state.global_step == 2
     checkpoint = tmp_path / "b" / "checkpoint-2"
-    assert sorted(os.listdir(checkpoint / "tokenizer")) == ["config.json", "model.safetensors", VISUAL_TOKENIZER_SUBFOLDER]
+    assert sorted(os.listdir(checkpoint / "tokenizer")) == [
+        "config.json", "configuration_prologue_post.py", "model.safetensors", "modeling_prologue_post.py",
+        VISUAL_TOKENIZER_SUBFOLDER,
+    ]  # the two .py files: the auto_map's one-line modules (prologue_hf.models.remote_code)
     resumed = _trainer("janus_vqvae", tmp_path / "b", max_steps=4, save_strategy="steps", save_steps=2)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert _equal_states(_state(resumed.model.post), _state(straight.model.post))

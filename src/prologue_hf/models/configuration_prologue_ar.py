@@ -9,6 +9,7 @@ from transformers import LlamaConfig
 
 from ..vocabulary import PrologueVocabulary, ar_vocabulary_fields
 from .configuration_prologue_tokenizer import normalize_config_fields
+from .remote_code import RemoteCodeConfigMixin
 
 # Paper appendix Table A4 and the official configs (ar/small, base, large, xlarge). The paper's XL row
 # (24 x 2048 x 20) contradicts the official config and its own 685M count; the official 32 x 1280 x 20 is used.
@@ -21,7 +22,7 @@ AR_PRESETS: dict[str, dict] = {
 
 
 @strict
-class PrologueARConfig(LlamaConfig):
+class PrologueARConfig(RemoteCodeConfigMixin, LlamaConfig):
     r"""A :class:`transformers.LlamaConfig` whose vocabulary is Prologue's combined id space.
 
     ``vocab_size`` is derived from the vocabulary fields (see :class:`~prologue_hf.PrologueVocabulary`); passing a

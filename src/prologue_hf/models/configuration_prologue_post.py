@@ -8,12 +8,13 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_prologue_tokenizer import PrologueTokenizerConfig, normalize_config_fields
+from .remote_code import RemoteCodeConfigMixin
 
 ENCODER_INPUTS = ("features", "pixels")
 
 
 @strict
-class ProloguePostConfig(PreTrainedConfig):
+class ProloguePostConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of a Prologue-Post prologue tokenizer: a prologue encoder with K learnable queries and a Prob-STE
     quantizer over a *frozen* visual tokenizer.
 

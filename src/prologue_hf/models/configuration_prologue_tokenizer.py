@@ -11,6 +11,8 @@ import dataclasses
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .remote_code import RemoteCodeConfigMixin
+
 TOKENIZER_TYPES = ("prologue", "2d", "1d")
 CODEBOOK_INITS = ("normal", "simvq")
 
@@ -30,7 +32,7 @@ def normalize_config_fields(config: PreTrainedConfig) -> None:
 
 
 @strict
-class PrologueTokenizerConfig(PreTrainedConfig):
+class PrologueTokenizerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of the Prologue ViT VQ tokenizer (paper section 2, appendix Table A4).
 
     The config is the one source of shapes: grid size, number of visual and prologue tokens, codebook sizes.

@@ -23,13 +23,15 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
+from .remote_code import RemoteCodeConfigMixin
+
 logger = logging.get_logger(__name__)
 
 NORM_TYPES = ("batch", "group", "none")
 
 
 @strict
-class PrologueDiscriminatorConfig(PreTrainedConfig):
+class PrologueDiscriminatorConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of :class:`PrologueDiscriminator` (official ``GANLoss`` defaults).
 
     Args:

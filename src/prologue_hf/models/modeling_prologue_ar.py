@@ -201,6 +201,38 @@ class PrologueARForCausalLM(PrologueARPreTrainedModel, LlamaForCausalLM):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        # saved as generation_config.json: `generate()` then samples one whole sequence after the class token (the
+        # Prologue EOS sits mid-sequence, so it must not stop generation), without transformers' top-k default
+        if self.generation_config is not None:
+            self.generation_config.update(
+                max_new_tokens=config.vocabulary.num_generated_tokens, do_sample=True, top_k=0, top_p=1.0,
+                temperature=1.0, eos_token_id=None,
+            )
+            self.generation_config._from_model_config = False
+
+    def generate(self, *args, **kwargs):
+        """:meth:`transformers.GenerationMixin.generate`, refusing ``guidance_scale`` without
+        ``negative_prompt_ids``: transformers would then take the prompt's last token (the class token itself) as
+        the unconditional prompt and the guidance would do nothing. Prologue's unconditional prompt is the null
+        class token, ``negative_prompt_ids = torch.full_like(input_ids, vocabulary.null_class_id)`` (docs/sampling.md).
+        """
+        config = kwargs.get("generation_config") or self.generation_config
+        scale = kwargs.get("guidance_scale", getattr(config, "guidance_scale", None))
+        if scale is not None and scale != 1 and kwargs.get("negative_prompt_ids") is None:
+            raise ValueError(
+                f"guidance_scale={scale} needs negative_prompt_ids: pass the null class token "
+                f"(negative_prompt_ids=torch.full_like(input_ids, {self.vocabulary.null_class_id})), else "
+                "transformers guides against the class token itself and nothing changes"
+            )
+        negative = kwargs.get("negative_prompt_ids")
+        if negative is not None and scale not in (None, 1):
+            null = self.vocabulary.null_class_id
+            if not bool((torch.as_tensor(negative)[:, :1] == null).all()):
+                logger.warning(
+                    f"negative_prompt_ids do not start with the null class token {null}: Prologue's classifier-free "
+                    "guidance mixes with the null class (docs/sampling.md)"
+                )
+        return super().generate(*args, **kwargs)
 
     @property
     def vocabulary(self) -> PrologueVocabulary:

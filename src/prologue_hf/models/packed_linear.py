@@ -203,7 +203,8 @@ def packed_linears(model: nn.Module, rows: int) -> Iterator[list[PackedLinear]]:
     """Swap every plain ``nn.Linear`` of ``model`` for a :class:`PackedLinear` laid out for ``rows`` rows while the
     block runs; the original modules are put back on exit, also after an error.
 
-    Swapped: modules whose type is exactly ``nn.Linear``, with no hooks, whose weight has a packed kernel on its device
+    Swapped: modules whose type is exactly ``nn.Linear``, with no hooks (none at all in a model carrying accelerate
+    hooks: they move the weights at every forward), whose weight has a packed kernel on its device
     and dtype (CPU float32 / bfloat16). Anything else is left as it is (subclasses such as LoRA or quantized layers,
     hooked modules, accelerator weights), so the swap never changes what the forward computes, only how fast.
     Siblings named in :data:`SIBLING_GROUPS` (q / k / v, gate / up) under one parent share one packed product: fewer,
@@ -219,6 +220,11 @@ def packed_linears(model: nn.Module, rows: int) -> Iterator[list[PackedLinear]]:
     ('PackedLinear', 'Linear')
     """
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    if any(hasattr(module, "_hf_hook") for module in model.modules()):
+        # accelerate's hooks (CPU offload, device maps) move weights around each forward: a packed copy made now
+        # would be left behind on the wrong device or read from meta tensors, so the model runs as it is
+        yield []
+        return
     try:
         for parent in list(model.modules()):
             for name, replacement in _replacements(parent, rows).items():

@@ -38,8 +38,22 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 
-def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def _uniforms(rows: int, generator: torch.Generator | list[torch.Generator] | None, device) -> torch.Tensor:
+    """``[rows, 1]`` float64 uniforms: from ``generator`` (or the global RNG), or row ``i`` from ``generator[i]``."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rows:
+            raise ValueError(f"generator is a list of {len(generator)} generators; expected one per row ({rows})")
+        return torch.cat([_uniforms(1, g, device) for g in generator])
+    source = generator.device if generator is not None else device
+    return torch.rand(rows, 1, generator=generator, device=source, dtype=torch.float64).to(device)
+
+
+def draw_categorical(
+    probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None
+) -> torch.Tensor:
     """One draw per row of ``probs`` ``[R, V]`` (rows sum to 1, zeros allowed) -> ids ``[R]``, by inverting the CDF.
+
+    ``generator`` may be a list of ``R`` generators: row ``i`` then takes its uniform from ``generator[i]`` alone.
 
     Same distribution as ``torch.multinomial(probs, 1)`` and reproducible under ``generator``, but it uses one uniform
     per row instead of one exponential per vocabulary entry (much cheaper at 18k ids, see ``docs/benchmarks.md``).
@@ -47,15 +61,14 @@ def draw_categorical(probs: torch.Tensor, generator: torch.Generator | None = No
     is never drawn, even for ``u = 0``; ``u`` is scaled by the row total so float rounding cannot run past the end.
     """
     cdf = probs.double().cumsum(dim=-1)  # float64: rounding over ~2^14 ids stays far below any probability used
-    device = generator.device if generator is not None else cdf.device
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=device, dtype=torch.float64).to(cdf.device)
+    u = _uniforms(cdf.shape[0], generator, cdf.device)
     ids = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
     return ids.clamp_(max=probs.shape[-1] - 1)
 
 
 
 def filter_and_draw(
-    logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | None = None
+    logits: torch.Tensor, top_k: int, top_p: float, generator: torch.Generator | list[torch.Generator] | None = None
 ) -> torch.Tensor:
     """Final logits ``[R, V]`` -> ids ``[R]``: top-k, then top-p, then one categorical draw (greedy = ``top_k=1``)."""
     logits = top_p_filter(top_k_filter(logits, top_k), top_p)

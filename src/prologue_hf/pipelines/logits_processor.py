@@ -69,18 +69,24 @@ class StepPlan:
 
 
 class PrologueSegmentLogitsProcessor(LogitsProcessor):
-    """Segment mask for :meth:`transformers.GenerationMixin.generate` (the plain, unguided case).
+    """Segment mask for :meth:`transformers.GenerationMixin.generate`.
 
     Generated position ``s = input_ids.shape[1] - prompt_length`` may only produce the ids the vocabulary allows
     there (prologue ids, then EOS, then visual ids). Use it as::
 
-        ar.generate(input_ids=class_token_ids[:, None], do_sample=True, max_new_tokens=T,
+        ar.generate(input_ids=class_token_ids[:, None],
                     logits_processor=[PrologueSegmentLogitsProcessor(ar.config.vocabulary)])
+
+    (the AR's ``generation_config`` already samples ``K + 1 + N`` new tokens). With classifier-free guidance add
+    ``guidance_scale=s, negative_prompt_ids=torch.full_like(class_token_ids[:, None], vocabulary.null_class_id)``:
+    transformers' guidance processor runs before this one and mixes the log-softmaxed streams, the same distribution
+    as the library's constant global guidance (``PrologueARForCausalLM.generate`` refuses ``guidance_scale`` without
+    ``negative_prompt_ids``, which would guide against the class token itself and change nothing).
 
     It applies :meth:`StepPlan.final_logits` of an unguided plan at temperature 1, i.e. the sampler's own mask step.
     ``generate`` applies its temperature / top-k / top-p warpers after custom processors, so they act on masked
-    logits (the official order) and a segment is never emptied. Limits: no classifier-free guidance, one
-    temperature / top-k / top-p for all segments, no fixed prologue; use :func:`generate_ids` for those.
+    logits (the official order) and a segment is never emptied. Limits: guidance is one constant scale on every
+    step, one temperature / top-k / top-p for all segments, no fixed prologue; use :func:`generate_ids` for those.
     """
 
     def __init__(self, vocabulary: PrologueVocabulary, prompt_length: int = 1):

@@ -8,7 +8,7 @@ Only :mod:`prologue_hf.vocabulary` knows the id layout.
 
 A step ``s`` takes the logits of generated position ``s``, mixes the conditional and unconditional rows (CFG),
 divides by the temperature, adds the segment mask, applies top-k and top-p and draws one id per row; the id is fed
-back (embedded once, the same id to both CFG halves) for the next step.
+back (the same id to both CFG halves) for the next step.
 """
 
 from __future__ import annotations
@@ -48,27 +48,29 @@ class SamplerOutput(ModelOutput):
 
 
 class _Decoder:
-    """Feeds a growing sequence to the AR's own forward and returns the logits of its last positions.
+    """Feeds a growing sequence of ids to the AR's own forward and returns the logits of its last positions.
 
     With a cache (:class:`PreallocatedCache`) each call runs the new positions only; without one (``use_cache=False``,
-    the reference the cache is tested against) it keeps the embeddings of the whole prefix and re-runs them all.
+    the reference the cache is tested against) it keeps the ids of the whole prefix and re-runs them all. Ids, not
+    embeddings, go in: the embedding then runs inside the model's forward, where hooks on the model (accelerate's
+    CPU offload) move its weights to the execution device first.
     """
 
     def __init__(self, ar: PrologueARForCausalLM, use_cache: bool, max_length: int):
         self.ar = ar
         self.cache = PreallocatedCache(ar.config.num_hidden_layers, max_length) if use_cache else None
-        self.prefix: torch.Tensor | None = None  # [R, L, D], without a cache only
+        self.prefix: torch.Tensor | None = None  # [R, L], without a cache only
         self.length = 0
 
-    def __call__(self, embeds: torch.Tensor, keep: int = 1) -> torch.Tensor:
-        """Append ``embeds`` ``[R, L, D]``; logits ``[R, keep, vocab]`` of the last ``keep`` positions."""
-        start, self.length = self.length, self.length + embeds.shape[1]
+    def __call__(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """Append ``ids`` ``[R, L]``; logits ``[R, keep, vocab]`` of the last ``keep`` positions."""
+        start, self.length = self.length, self.length + ids.shape[1]
         if self.cache is None:
-            self.prefix = embeds if self.prefix is None else torch.cat([self.prefix, embeds], dim=1)
-            embeds, start = self.prefix, 0
-        positions = torch.arange(start, self.length, device=embeds.device)[None]
+            self.prefix = ids if self.prefix is None else torch.cat([self.prefix, ids], dim=1)
+            ids, start = self.prefix, 0
+        positions = torch.arange(start, self.length, device=ids.device)[None]
         out = self.ar(
-            inputs_embeds=embeds,
+            input_ids=ids,
             position_ids=positions,
             cache=self.cache,
             use_cache=self.cache is not None,
@@ -83,6 +85,17 @@ class _Decoder:
             self.cache.batch_select_indices(slice(0, rows))
         else:
             self.prefix = self.prefix[:rows]
+
+
+def execution_device(model: torch.nn.Module) -> torch.device:
+    """The device ``model``'s forward computes on: the ``execution_device`` of an accelerate hook on it or on one
+    of its modules (CPU offload keeps the weights elsewhere, on ``meta`` or the CPU), else the device of its
+    parameters."""
+    for module in model.modules():
+        device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+        if device is not None:
+            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    return next(model.parameters()).device
 
 
 def _resolve_sampling(sampling: SamplingParams | str | None) -> SamplingParams:
@@ -144,12 +157,13 @@ def generate_ids(
     class_labels: torch.LongTensor,
     sampling: SamplingParams | str | None = None,
     prologue_ids: torch.LongTensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     use_cache: bool = True,
     pack_weights: bool = True,
     callback: Callable[[int, torch.Tensor], None] | None = None,
     return_step_logits: bool = False,
     progress_bar=None,
+    device: torch.device | str | None = None,
 ) -> SamplerOutput:
     r"""Sample ``[prologue][EOS][visual]`` ids from a Prologue AR, one token per step, through its own forward.
 
@@ -160,18 +174,24 @@ def generate_ids(
             ancestral sampling without guidance).
         prologue_ids: ``[B, K]`` raw prologue ids in ``[0, P)`` to hold fixed (paper Fig. 1): they and the EOS are
             teacher-forced in one prefill and only the visual tokens are sampled.
-        generator: seeds the categorical draws; the same generator state gives the same ids.
+        generator: seeds the categorical draws; the same generator state gives the same ids. A list of ``B``
+            generators draws row ``i`` from generator ``i`` alone, so a batch reproduces the rows drawn one at a time.
         use_cache: ``True`` keeps a KV cache (:class:`PreallocatedCache`); ``False`` re-runs the whole prefix each
             step (slow; the reference the cache is tested against).
         pack_weights: while sampling, swap the model's plain ``nn.Linear`` modules for
             :class:`~prologue_hf.models.packed_linear.PackedLinear` (weights laid out once for the batch's row count:
-            MKL packed SGEMM on CPU float32, oneDNN on CPU bfloat16; nothing is swapped elsewhere), restored on
-            return. Holds one packed copy of the weights meanwhile; ``False`` samples with the model as it is.
+            MKL packed SGEMM on CPU float32, oneDNN on CPU bfloat16; nothing is swapped elsewhere, nor in a model
+            carrying accelerate hooks), restored on return. Holds one packed copy of the weights meanwhile;
+            ``False`` samples with the model as it is.
         callback: called after every step as ``callback(step, ids)`` with ``ids`` ``[B]`` the combined-vocabulary ids
-            of generated position ``step`` (forced positions included).
+            of generated position ``step`` (forced positions included). ``ids`` is a view of the output: ids the
+            callback writes into it are the ones fed back (a sampled step's only; forced and the last step's
+            writes change the output alone).
         return_step_logits: also return the ``[B, T, vocab]`` final logits of every step.
         progress_bar: ``None`` / ``False`` (none), ``True`` (tqdm) or a callable ``progress_bar(total=T)`` returning
             an object with ``update()`` (e.g. a diffusers pipeline's ``progress_bar``).
+        device: where the ids and logits live; ``None`` = :func:`execution_device` of ``ar`` (its parameters'
+            device, or the execution device of accelerate's offload hooks on it).
 
     Returns:
         :class:`SamplerOutput` with ``ids`` ``[B, K + 1 + N]``, ``prologue_ids``, ``visual_ids`` and optionally
@@ -187,7 +207,12 @@ def generate_ids(
     sampling = _resolve_sampling(sampling)
     vocab: PrologueVocabulary = ar.config.vocabulary
     class_ids, forced_ids = _prompt_ids(vocab, class_labels, prologue_ids)
-    plan = StepPlan.build(vocab, sampling, ar.device)
+    if isinstance(generator, (list, tuple)) and len(generator) != class_ids.shape[0]:
+        raise ValueError(
+            f"generator is a list of {len(generator)} generators; expected one per row ({class_ids.shape[0]})"
+        )
+    device = execution_device(ar) if device is None else torch.device(device)
+    plan = StepPlan.build(vocab, sampling, device)
     rows = 2 * class_ids.shape[0] if plan.unconditional_steps > 0 else class_ids.shape[0]
     packing = packed_linears(ar, rows) if pack_weights else contextlib.nullcontext()
     with packing, _progress(progress_bar, plan.num_steps) as bar:
@@ -199,7 +224,7 @@ def generate_ids(
                 bar.update()
 
         ids, step_logits = _sample_steps(
-            ar, plan, class_ids, forced_ids, rows, use_cache, generator, report, return_step_logits
+            ar, plan, class_ids, forced_ids, rows, use_cache, generator, report, return_step_logits, device
         )
     prologue, visual = vocab.split(ids)
     return SamplerOutput(ids=ids, prologue_ids=prologue, visual_ids=visual, step_logits=step_logits)
@@ -212,13 +237,13 @@ def _sample_steps(
     forced_ids: torch.LongTensor | None,
     rows: int,
     use_cache: bool,
-    generator: torch.Generator | None,
+    generator: torch.Generator | list[torch.Generator] | None,
     report: Callable[[int, torch.Tensor], None],
     return_step_logits: bool,
+    device: torch.device,
 ) -> tuple[torch.LongTensor, torch.Tensor | None]:
     """The loop of :func:`generate_ids`: prefill (class token, plus a fixed prologue and EOS), then one decode step
     per sampled token; the unconditional rows are dropped once no later step mixes them."""
-    device, embed = ar.device, ar.get_input_embeddings()
     batch, total = class_ids.shape[0], plan.num_steps
     ids = torch.empty(batch, total, dtype=torch.long, device=device)
     step_logits = torch.empty(batch, total, plan.mask.shape[-1], device=device) if return_step_logits else None
@@ -229,7 +254,7 @@ def _sample_steps(
         ids[:, :forced] = forced_ids.to(device)
         prompt = torch.cat([prompt, ids[:, :forced].repeat(rows // batch, 1)], dim=1)
     decoder = _Decoder(ar, use_cache, max_length=total)  # the last sampled token is never fed back
-    raw = decoder(embed(prompt), keep=forced + 1)  # [R, forced + 1, vocab]
+    raw = decoder(prompt, keep=forced + 1)  # [R, forced + 1, vocab]
     for s in range(forced):
         if step_logits is not None:
             step_logits[:, s] = plan.final_logits(raw[:, s], batch, s)
@@ -247,8 +272,8 @@ def _sample_steps(
         if rows > batch and s + 1 >= plan.unconditional_steps:
             rows = batch
             decoder.keep_first_rows(rows)
-        raw = decoder(embed(ids[:, s : s + 1]).repeat(rows // batch, 1, 1))[:, -1]  # same id for both CFG halves
+        raw = decoder(ids[:, s : s + 1].repeat(rows // batch, 1))[:, -1]  # same id for both CFG halves
     return ids, step_logits
 
 
-__all__ = ["SamplerOutput", "generate_ids"]
+__all__ = ["SamplerOutput", "execution_device", "generate_ids"]

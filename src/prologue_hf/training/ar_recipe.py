@@ -85,6 +85,11 @@ def build_ar_config(info: PretokenizedInfo, args: PrologueARScriptArguments) -> 
     if config.tokenizer_identity is None:
         config.tokenizer_identity = info.tokenizer_identity
     info.check_ar_config(config)
+    if info.class_names and len(info.class_names) <= config.num_classes:
+        # the dataset's ClassLabel names, so a pipeline built on this AR takes names (ProloguePipeline reads them)
+        names = {i: str(name) for i, name in enumerate(info.class_names)}
+        names.update({i: f"class {i}" for i in range(len(names), config.num_classes)})
+        config.id2label = names
     return config
 
 
@@ -97,7 +102,9 @@ def parse_ar_args(argv: list[str] | None = None) -> tuple[PrologueARScriptArgume
 def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTrainingArguments) -> PrologueARTrainer:
     """Run stage 2 end to end: load the ids, build / load the AR, train (resuming from
     ``training_args.resume_from_checkpoint``: a folder or ``"last"`` / ``"latest"`` / ``"true"``), ``save_pretrained``
-    (and the EMA weights to ``<output_dir>/ema``), optionally push to the Hub. Returns the trainer."""
+    (and the EMA weights to ``<output_dir>/ema``), optionally push to the Hub, then write the ready-to-load pipeline
+    folder ``<output_dir>/pipeline`` (:func:`save_pipeline_folder`). The AR config's ``id2label`` holds the dataset's
+    class names. Returns the trainer."""
     with training_args.main_process_first(desc="loading the pretokenized dataset"):
         train_dataset = load_pretokenized_dataset(script_args.dataset_name_or_path, script_args.dataset_split)
         eval_dataset = (
@@ -148,8 +155,48 @@ def train_ar(script_args: PrologueARScriptArguments, training_args: PrologueARTr
         image_tokenizer=tokenizer,
         callbacks=callbacks,
     )
+    for callback in callbacks:  # the sample grids also go to the trackers report_to names
+        callback.tracker_callbacks = trainer.callback_handler.callbacks
     train_save_push(trainer, training_args, commit_message="Prologue stage-2 AR")  # EMA weights to <output_dir>/ema
+    if trainer.args.should_save:
+        save_pipeline_folder(trainer, tokenizer, info, training_args.output_dir)
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 
-__all__ = ["PrologueARScriptArguments", "build_ar_config", "parse_ar_args", "train_ar"]
+PIPELINE_DIR = "pipeline"
+
+
+def save_pipeline_folder(trainer: PrologueARTrainer, tokenizer, info: PretokenizedInfo | None, output_dir: str) -> str | None:
+    """Write ``<output_dir>/pipeline``: a ready-to-load :class:`~prologue_hf.pipelines.ProloguePipeline` of the
+    trained AR (its EMA weights when EMA is on: what the paper samples with) and the dataset's tokenizer, with the
+    class names. The tokenizer is ``tokenizer_name_or_path``, else the folder the dataset records if it still exists
+    (identity-checked); without one there is nothing to decode with and only a warning is logged. Returns the
+    folder or ``None``."""
+    from ..pipelines import ProloguePipeline
+
+    if tokenizer is None and info is not None and info.tokenizer_name_or_path and os.path.isdir(info.tokenizer_name_or_path):
+        candidate = AutoModel.from_pretrained(info.tokenizer_name_or_path)
+        try:
+            info.check_tokenizer(candidate)
+            tokenizer = candidate
+        except ValueError as error:
+            logger.warning(f"no pipeline folder: the dataset's recorded tokenizer folder is another tokenizer ({error})")
+            return None
+    if tokenizer is None:
+        logger.warning(
+            "no pipeline folder written: pass tokenizer_name_or_path (the dataset's tokenizer) to get "
+            f"<output_dir>/{PIPELINE_DIR}"
+        )
+        return None
+    ar = trainer.ema.model if trainer.ema is not None else trainer.accelerator.unwrap_model(trainer.model)
+    was_training = ar.training
+    pipeline = ProloguePipeline(tokenizer=tokenizer.eval(), ar=ar.eval())
+    folder = os.path.join(output_dir, PIPELINE_DIR)
+    pipeline.save_pretrained(folder)
+    ar.train(was_training)
+    logger.info(f"pipeline folder: {folder} (ProloguePipeline.from_pretrained)")
+    return folder
+
+
+__all__ = ["PIPELINE_DIR", "PrologueARScriptArguments", "build_ar_config", "parse_ar_args", "save_pipeline_folder", "train_ar"]

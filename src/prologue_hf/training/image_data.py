@@ -72,8 +72,8 @@ def load_image_dataset(
     """Load an image dataset and standardise it to the two columns ``image`` (``datasets.Image``) and ``label``.
 
     Args:
-        name_or_path: a local image folder (``imagefolder`` layout), a ``save_to_disk`` folder, or a Hub dataset
-            name such as ``"ILSVRC/imagenet-1k"`` (gated: accept the terms on the Hub and ``huggingface-cli login``).
+        name_or_path: a local image folder (``imagefolder`` layout), a ``save_to_disk`` folder (or a folder holding
+            one per split, ``<name_or_path>/<split>``, as the demo writes), or a Hub dataset name such as ``"ILSVRC/imagenet-1k"`` (gated: accept the terms on the Hub and ``huggingface-cli login``).
         split: split to load (``"train"``, ``"validation"``; Hub / imagefolder also accept slices like
             ``"train[:1%]"``).
         image_column: column holding the images; default: the first ``datasets.Image`` column, else a column named
@@ -95,6 +95,9 @@ def load_image_dataset(
     """
     if not isinstance(name_or_path, str) or not name_or_path:
         raise ValueError(f"name_or_path must be a non-empty string, got {name_or_path!r}")
+    split_folder = os.path.join(name_or_path, split) if isinstance(split, str) else ""
+    if os.path.isdir(name_or_path) and not _is_saved_dataset(name_or_path) and _is_saved_dataset(split_folder):
+        name_or_path = split_folder  # one save_to_disk folder per split (what `make demo` writes to demo_out/data)
     if os.path.isdir(name_or_path) and _is_saved_dataset(name_or_path):
         loaded = datasets.load_from_disk(name_or_path)
         if isinstance(loaded, datasets.DatasetDict):

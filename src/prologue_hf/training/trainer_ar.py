@@ -47,6 +47,7 @@ from .recipe import (
     step_image_path,
     write_model_card,
 )
+from .trackers import log_image_to_trackers
 
 logger = logging.get_logger(__name__)
 
@@ -461,19 +462,25 @@ class PrologueARSampleGridCallback(TrainerCallback):
             model.train(was_training)
         return PrologueTokenizerModel.postprocess(pixels, "pil")
 
-    def save_grid(self, model: PrologueARForCausalLM, path: str, is_main: bool = True) -> None:
-        """Sample (every process) and write a near-square PNG grid to ``path`` (main process; empty cells white)."""
+    def save_grid(self, model: PrologueARForCausalLM, path: str, is_main: bool = True):
+        """Sample (every process) and write a near-square PNG grid to ``path`` (main process; empty cells white).
+        Returns the grid image on the main process, else ``None``."""
         images = self.sample_images(model)
         if is_main:
             rows = math.ceil(len(images) / math.ceil(math.sqrt(len(images))))
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            image_grid(images, rows=rows, gap=0).save(path)
+            grid = image_grid(images, rows=rows, gap=0)
+            grid.save(path)
             self.saved.append(path)
+            return grid
+        return None
 
     def _maybe_save(self, args, state, model) -> None:
         path = step_image_path(self.output_dir or args.output_dir, SAMPLES_DIR, state.global_step)
         if path not in self.saved:
-            self.save_grid(model, path, state.is_world_process_zero)
+            grid = self.save_grid(model, path, state.is_world_process_zero)
+            if grid is not None:  # also to the Trainer's trackers (report_to), set by the recipe
+                log_image_to_trackers(getattr(self, "tracker_callbacks", []), "samples", grid, state.global_step)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_n_steps == 0:

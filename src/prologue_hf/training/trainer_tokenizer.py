@@ -58,6 +58,7 @@ from .recipe import (
 )
 from .stage1_model import PrologueStage1Model
 from .tau_schedule import ProbSTETemperatureSchedule, temperature_schedule_from_args
+from .trackers import log_image_to_trackers
 
 logger = logging.get_logger(__name__)
 
@@ -474,8 +475,10 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
         tiles = torch.cat([PrologueTokenizerModel.postprocess(r, "uint8").cpu() for r in rows], dim=0)  # [R*n, C, H, W]
         path = path or step_image_path(self.args.output_dir, RECONSTRUCTIONS_DIR, self.state.global_step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        image_grid(tiles, rows=len(rows), gap=0).save(path)
+        grid = image_grid(tiles, rows=len(rows), gap=0)
+        grid.save(path)
         logger.info(f"reconstruction grid written to {path}")
+        log_image_to_trackers(self.callback_handler.callbacks, "reconstructions", grid, self.state.global_step)
         return path
 
     # -------------------------------------------------------------------------------------------- checkpoints
