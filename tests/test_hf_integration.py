@@ -539,3 +539,23 @@ def test_a_folder_of_per_split_saved_datasets_loads_by_split(tmp_path):
     assert len(test) == 3 and np.asarray(test[0]["image"])[0, 0, 0] == 200 and test.column_names == ["image", "label"]
     with pytest.raises(ValueError):
         load_image_dataset(str(tmp_path), split="validation")
+
+
+# ---------------------------------------------------------------------------------------------- 11. library pieces
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_postprocess_through_vae_image_processor_keeps_every_bit(channels, dtype):
+    from prologue_hf import PrologueTokenizerModel
+
+    pixels = (torch.randn(3, channels, 17, 9, generator=_seeded(channels)) * 1.3).to(dtype)  # beyond [-1, 1] too
+    expected = ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0)  # the hand formula the library replaced
+    pt = PrologueTokenizerModel.postprocess(pixels, "pt")
+    assert pt.dtype == torch.float32 and torch.equal(pt, expected)
+    array = PrologueTokenizerModel.postprocess(pixels, "np")
+    assert array.dtype == np.float32 and np.array_equal(array, expected.permute(0, 2, 3, 1).numpy())
+    uint8 = (expected.permute(0, 2, 3, 1).numpy() * 255.0).round().astype(np.uint8)
+    images = PrologueTokenizerModel.postprocess(pixels, "pil")
+    assert [img.mode for img in images] == ["RGB" if channels == 3 else "L"] * 3
+    for image, reference in zip(images, uint8):
+        assert np.array_equal(np.asarray(image), reference if channels == 3 else reference[..., 0])
+    assert torch.equal(PrologueTokenizerModel.postprocess(pixels, "uint8"), torch.from_numpy(uint8).permute(0, 3, 1, 2))

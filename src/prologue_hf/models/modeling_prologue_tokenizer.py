@@ -538,16 +538,15 @@ class PrologueTokenizerModel(PrologueTokenizerPreTrainedModel):
                 f"pixel_values has {int((~finite).sum())} NaN/Inf values (a diverged model or a bad dtype cast?); "
                 "refusing to turn them into black or white pixels"
             )
-        images = ((pixel_values.float() + 1.0) / 2.0).clamp(0.0, 1.0)
-        if output_type == "pt":
-            return images
         if output_type == "uint8":
-            return (images * 255.0).round().to(torch.uint8)
-        array = images.permute(0, 2, 3, 1).cpu().numpy()
-        if output_type == "np":
-            return array
-        uint8 = (array * 255.0).round().astype(np.uint8)  # output_type == "pil"
-        return [PIL.Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img) for img in uint8]
+            return (((pixel_values.float() + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        if output_type == "pil" and pixel_values.shape[1] == 1:  # diffusers squeezes every unit axis of a 1-channel image
+            array = ((pixel_values.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
+            return [PIL.Image.fromarray((img[..., 0] * 255.0).round().astype(np.uint8)) for img in array]
+        from diffusers.image_processor import VaeImageProcessor  # deferred: diffusers is slow to import
+
+        # the same [-1, 1] -> [0, 1] clamp, layouts and uint8 rounding as diffusers pipelines' VAE outputs
+        return VaeImageProcessor(do_normalize=True).postprocess(pixel_values.float(), output_type=output_type)
 
     def codebook_usage(self, ids: torch.Tensor, codebook: str = "visual") -> dict[str, float]:
         """Fraction of codes used and perplexity of the code histogram of ``ids`` (integer, any shape, raw codebook
