@@ -170,6 +170,19 @@ def test_model_cpu_offload_with_accelerate_hooks():
     np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
 
 
+def test_diffusers_enable_model_cpu_offload():
+    reference = tiny_pipeline(seed=0)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference([1, 2], sampling="prologue-B-B", generator=_seeded(4), output_type="np", return_ids=True)
+    pipeline = tiny_pipeline(seed=0)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.enable_model_cpu_offload(device="cpu")  # diffusers' own call, accelerate's hooks on both components
+    assert hasattr(pipeline.ar, "_hf_hook") and hasattr(pipeline.tokenizer, "_hf_hook")
+    out = pipeline([1, 2], sampling="prologue-B-B", generator=_seeded(4), output_type="np", return_ids=True)
+    assert torch.equal(out.ids, expected.ids)
+    np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+
+
 def test_packed_swap_is_skipped_on_hooked_models():
     from accelerate import cpu_offload_with_hook
 
