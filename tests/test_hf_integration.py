@@ -123,6 +123,14 @@ def test_callback_on_step_end_sees_and_steers_the_ids(pipe):
 
     with pytest.raises(ValueError, match="callback_on_step_end returned ids"):
         pipe([1, 2], generator=_seeded(0), callback_on_step_end=bad)
+
+    def out_of_vocabulary(pipeline, step, timestep, kwargs):
+        ids = kwargs["ids"].clone()
+        ids[:, -1] = 10_000
+        return {"ids": ids}
+
+    with pytest.raises(ValueError, match="not allowed at generated position 0"):
+        pipe([1, 2], generator=_seeded(0), callback_on_step_end=out_of_vocabulary)
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
         pipe([1], callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"])
 

@@ -376,7 +376,8 @@ class ProloguePipeline(DiffusionPipeline):
                     "with only the last column (this step) changed"
                 )
             chosen = new_ids[:, step]
-            if not bool(allowed[step, chosen.clamp(0, allowed.shape[1] - 1)].all()) or chosen.min() < 0:
+            in_range = bool((chosen >= 0).all() and (chosen < allowed.shape[1]).all())
+            if not in_range or not bool(allowed[step, chosen].all()):
                 raise ValueError(
                     f"callback_on_step_end returned ids not allowed at generated position {step} (see "
                     "PrologueVocabulary.logit_mask)"
