@@ -35,6 +35,7 @@ from ..models.modeling_prologue_ar import PrologueARForCausalLM
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel, patchify
 from ..models.official_parametrization import OfficialParameterMap
 from .losses import prologue_ar_loss
+from .optimizers import build_adamw
 
 
 @dataclass
@@ -189,17 +190,17 @@ class OfficialStage1Stepper:
         s = settings
         self.parameters = {name: _unique_parameters(m) for name, m in maps.items()}
         self.optimizers = {
-            "enc": torch.optim.AdamW(
+            "enc": build_adamw(
                 self.parameters["enc"], lr=s.lr_encoder, betas=s.betas_autoencoder, eps=s.adam_eps,
                 weight_decay=s.weight_decay_encoder,
             ),
-            "dec": torch.optim.AdamW(
+            "dec": build_adamw(
                 self.parameters["dec"], lr=s.lr_decoder, betas=s.betas_autoencoder, eps=s.adam_eps,
                 weight_decay=s.weight_decay_decoder,
             ),
         }
         decay, no_decay = official_ar_weight_decay_groups(maps["ar"])
-        self.optimizers["ar"] = torch.optim.AdamW(
+        self.optimizers["ar"] = build_adamw(
             [{"params": decay, "weight_decay": s.weight_decay_ar}, {"params": no_decay, "weight_decay": 0.0}],
             lr=s.lr_ar, betas=s.betas_ar, eps=s.adam_eps,
         )
