@@ -7,7 +7,11 @@ No ``from __future__ import annotations``: ``@strict`` then checks every field's
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_prologue_tokenizer import PrologueTokenizerConfig, normalize_config_fields
+from .configuration_prologue_tokenizer import (
+    PrologueTokenizerConfig,
+    default_intermediate_size,
+    normalize_config_fields,
+)
 from .remote_code import RemoteCodeConfigMixin
 
 ENCODER_INPUTS = ("features", "pixels")
@@ -82,7 +86,7 @@ class ProloguePostConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         normalize_config_fields(self)
         self.rope_axes_dim = list(self.rope_axes_dim)
         if self.intermediate_size is None:
-            self.intermediate_size = round(self.hidden_size * 8 / 3)
+            self.intermediate_size = default_intermediate_size(self.hidden_size)
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.num_prologue_tokens < 1:

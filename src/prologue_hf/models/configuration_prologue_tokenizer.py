@@ -31,6 +31,12 @@ def normalize_config_fields(config: PreTrainedConfig) -> None:
         config.id2label = dict(enumerate(config.id2label))
 
 
+def default_intermediate_size(hidden_size: int) -> int:
+    """The GEGLU width of a ViT block whose config leaves ``intermediate_size`` at ``None``: the official
+    ``mlp_ratio`` 8/3 of ``hidden_size``, rounded."""
+    return round(hidden_size * 8 / 3)
+
+
 @strict
 class PrologueTokenizerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of the Prologue ViT VQ tokenizer (paper section 2, appendix Table A4).
@@ -99,9 +105,9 @@ class PrologueTokenizerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         normalize_config_fields(self)
         self.rope_axes_dim = list(self.rope_axes_dim)
         if self.intermediate_size is None:
-            self.intermediate_size = round(self.hidden_size * 8 / 3)
+            self.intermediate_size = default_intermediate_size(self.hidden_size)
         if self.decoder_intermediate_size is None:
-            self.decoder_intermediate_size = round(self.decoder_hidden_size * 8 / 3)
+            self.decoder_intermediate_size = default_intermediate_size(self.decoder_hidden_size)
         if self.codebook_init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
         if self.tokenizer_type not in TOKENIZER_TYPES:
