@@ -31,17 +31,7 @@ from prologue_hf.research.analysis import (
     plot_prologue_heatmaps,
     prologue_heatmaps,
 )
-
-
-def _load_pipeline(args):
-    from prologue_hf.pipelines import ProloguePipeline
-
-    try:
-        pipe = ProloguePipeline.from_parts(args.pipeline, args.tokenizer, args.ar)
-    except ValueError as error:
-        raise SystemExit(f"{error} (--pipeline, or both --tokenizer and --ar)") from error
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(args.device)
+from prologue_hf.research.cli import add_pipeline_arguments, load_pipeline
 
 
 def _classes(values: list[str]) -> list[int | str]:
@@ -49,7 +39,7 @@ def _classes(values: list[str]) -> list[int | str]:
 
 
 def cmd_attention(args) -> None:
-    pipe = _load_pipeline(args)
+    pipe = load_pipeline(args, args.device)
     vocab = pipe.ar.config.vocabulary
     image = None
     if args.data:
@@ -81,7 +71,7 @@ def cmd_attention(args) -> None:
 
 
 def cmd_resample(args) -> None:
-    pipe = _load_pipeline(args)
+    pipe = load_pipeline(args, args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     classes = _classes(args.classes)
     rows = fixed_prologue_resampling(pipe, classes, args.num_resamples, args.sampling, generator)
@@ -115,9 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def common(p):
-        p.add_argument("--pipeline", help="ProloguePipeline folder (save_pretrained) or Hub id")
-        p.add_argument("--tokenizer", help="tokenizer folder (with --ar, instead of --pipeline)")
-        p.add_argument("--ar", help="AR folder (with --tokenizer)")
+        add_pipeline_arguments(p)
         p.add_argument("--sampling", default=None, help="Table A5 preset (default: the pipeline's)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default=device)

@@ -44,6 +44,7 @@ from prologue_hf.evaluation import (
     train_linear_probe,
 )
 from prologue_hf.evaluation.dataloader import evaluation_dataloader, num_batches
+from prologue_hf.research.cli import add_pipeline_arguments, load_pipeline
 
 
 def _write(results: dict | list, output: Path | None) -> None:
@@ -52,17 +53,6 @@ def _write(results: dict | list, output: Path | None) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
     print(text)
-
-
-def _load_pipeline(args):
-    from prologue_hf.pipelines import ProloguePipeline
-
-    try:
-        pipe = ProloguePipeline.from_parts(args.pipeline, args.tokenizer, args.ar)
-    except ValueError as error:
-        raise SystemExit(f"{error} (--pipeline, or both --tokenizer and --ar)") from error
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(PartialState().device)
 
 
 def _metric_names(args) -> tuple[str, ...]:
@@ -82,7 +72,7 @@ def _sample_kwargs(args) -> dict:
 
 
 def cmd_sample(args) -> None:
-    path = sample_to_npz(_load_pipeline(args), args.output_dir, sampling=args.sampling, **_sample_kwargs(args))
+    path = sample_to_npz(load_pipeline(args, PartialState().device), args.output_dir, sampling=args.sampling, **_sample_kwargs(args))
     if path is not None:
         print(path)
 
@@ -114,7 +104,7 @@ def cmd_sweep(args) -> None:
     )
     base = SamplingParams.from_preset(args.sampling)
     results = run_cfg_sweep(
-        _load_pipeline(args), args.scales, args.output_dir, metric_fn, sampling=base, **_sample_kwargs(args)
+        load_pipeline(args, PartialState().device), args.scales, args.output_dir, metric_fn, sampling=base, **_sample_kwargs(args)
     )
     if results:  # main process
         shown = [m for m in ("fid", "inception_score", FD_EFFNET_LITE0) if m in results[0]]
@@ -170,11 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    def models(p):
-        p.add_argument("--pipeline", help="ProloguePipeline folder (save_pretrained) or Hub id")
-        p.add_argument("--tokenizer", help="tokenizer folder (with --ar, instead of --pipeline)")
-        p.add_argument("--ar", help="AR folder (with --tokenizer)")
-
     def sampling(p):
         p.add_argument("--sampling", default="prologue-B-B", help="Table A5 preset name (docs/sampling.md)")
         p.add_argument("--num-classes", type=int, default=None, help="default: the AR's num_classes")
@@ -197,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output-dir", required=True)
 
     p = commands.add_parser("sample", help="sample N images per class to samples.npz (ADM layout)")
-    models(p)
+    add_pipeline_arguments(p)
     sampling(p)
     p.set_defaults(func=cmd_sample)
 
@@ -212,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metrics)
 
     p = commands.add_parser("sweep", help="one sampling run + metrics per visual guidance scale (Fig. A1)")
-    models(p)
+    add_pipeline_arguments(p)
     sampling(p)
     inception(p)
     p.add_argument("--scales", type=float, nargs="+", required=True)
