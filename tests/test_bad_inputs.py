@@ -24,7 +24,15 @@ from huggingface_hub.errors import StrictDataclassFieldValidationError
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from prologue_hf import PrologueARConfig, ProloguePostConfig, PrologueTokenizerConfig, PrologueTokenizerModel
+from prologue_hf import (
+    PrologueARConfig,
+    PrologueARForCausalLM,
+    PrologueARModel,
+    ProloguePostConfig,
+    ProloguePostModel,
+    PrologueTokenizerConfig,
+    PrologueTokenizerModel,
+)
 from prologue_hf.identity import tokenizer_identity
 from prologue_hf.models.modeling_prologue_tokenizer import PIXEL_RANGE_TOLERANCE, check_pixel_range
 from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
@@ -69,6 +77,20 @@ def _sample(class_labels, **kwargs):
 def _saved_tokenizer() -> str:
     folder = os.path.join(_ROOT, "tokenizer")
     _tokenizer().save_pretrained(folder)
+    return folder
+
+
+@cache
+def _saved_ar() -> str:
+    folder = os.path.join(_ROOT, "ar")
+    tiny_ar(num_hidden_layers=2).save_pretrained(folder)
+    return folder
+
+
+@cache
+def _saved_post() -> str:
+    folder = os.path.join(_ROOT, "post")
+    tiny_post_model(num_hidden_layers=2).save_pretrained(folder)
     return folder
 
 
@@ -274,6 +296,12 @@ CASES = [
          lambda: PrologueTokenizerModel.from_pretrained(
              _copy(_saved_tokenizer(), "fewer", _edit_config(decoder_num_hidden_layers=1))),
          RuntimeError, r"decoder_num_hidden_layers=1\).*unexpected \['decoder\.layers\.1\.\*'\]"),
+    Case("6-ar-from-pretrained-more-layers",
+         lambda: PrologueARForCausalLM.from_pretrained(_copy(_saved_ar(), "ar-more", _edit_config(num_hidden_layers=3))),
+         RuntimeError, r"do not match its config\.json \(num_hidden_layers=3\).*missing \['model\.layers\.2\.\*'\]"),
+    Case("6-post-from-pretrained-fewer-layers",
+         lambda: ProloguePostModel.from_pretrained(_copy(_saved_post(), "post-fewer", _edit_config(num_hidden_layers=1))),
+         RuntimeError, r"\(num_hidden_layers=1\).*unexpected \['.*layers\.1\.\*'\].*strict=False"),
     # item 9: decode dtypes and empty batches
     Case("9-decode-float-ids", lambda: _tokenizer().decode(_ids().float()), ValueError,
          r"visual_ids must be an integer tensor, got dtype torch\.float32"),
@@ -499,6 +527,16 @@ def test_strict_false_loads_a_changed_layer_count_as_transformers_does():
     assert sorted(info["missing_keys"])[0].startswith("encoder.layers.2.")
     saved = _tokenizer().state_dict()
     assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items() if key in saved)
+
+
+def test_strict_loading_lets_a_base_ar_drop_the_head_of_a_causal_lm_folder():
+    base = PrologueARModel.from_pretrained(_saved_ar())
+    full = PrologueARForCausalLM.from_pretrained(_saved_ar())
+    assert all(torch.equal(value, full.model.state_dict()[key]) for key, value in base.state_dict().items())
+    lenient = PrologueARForCausalLM.from_pretrained(
+        _copy(_saved_ar(), "ar-lenient", _edit_config(num_hidden_layers=3)), strict=False
+    )
+    assert len(lenient.model.layers) == 3
 
 
 def test_output_loading_info_is_kept_for_a_complete_checkpoint():

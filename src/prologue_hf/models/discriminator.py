@@ -24,6 +24,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 
 from .remote_code import RemoteCodeConfigMixin
+from .strict_loading import StrictLoadingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -88,8 +89,9 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-class PrologueDiscriminatorPreTrainedModel(PreTrainedModel):
+class PrologueDiscriminatorPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = PrologueDiscriminatorConfig
+    _strict_loading_fields = ("num_layers",)
     config: PrologueDiscriminatorConfig
     base_model_prefix = "discriminator"
     main_input_name = "pixel_values"

@@ -33,6 +33,7 @@ from transformers.utils import logging
 
 from ..vocabulary import PrologueVocabulary
 from .configuration_prologue_ar import PrologueARConfig
+from .strict_loading import StrictLoadingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -131,9 +132,11 @@ class PrologueARDecoderLayer(LlamaDecoderLayer):
         return hidden_states + self.hidden_dropout(mlp_out)
 
 
-class PrologueARPreTrainedModel(LlamaPreTrainedModel):
+class PrologueARPreTrainedModel(StrictLoadingMixin, LlamaPreTrainedModel):
     config_class = PrologueARConfig
     config: PrologueARConfig
+    # a base PrologueARModel read from a PrologueARForCausalLM folder drops the head on purpose
+    _strict_loading_ignored_unexpected = (r"lm_head\..*",)
     _no_split_modules = ["PrologueARDecoderLayer"]
     _can_record_outputs = {"hidden_states": PrologueARDecoderLayer, "attentions": PrologueARAttention}
 

@@ -40,6 +40,7 @@ from .modeling_prologue_tokenizer import (
     patchify,
 )
 from .quantizers import ProbSTEQuantizer
+from .strict_loading import StrictLoadingMixin
 from .visual_tokenizers import (
     VisualTokenizerAdapter,
     adapter_for_model,
@@ -72,7 +73,7 @@ class ProloguePostEncoderOutput(PrologueTokenizerEncoderOutput):
     tokenizer_features: torch.Tensor | None = None
 
 
-class ProloguePostPreTrainedModel(PreTrainedModel):
+class ProloguePostPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = ProloguePostConfig
     config: ProloguePostConfig
     base_model_prefix = "prologue_post"

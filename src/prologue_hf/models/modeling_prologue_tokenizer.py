@@ -11,21 +11,19 @@ The decoder sees the visual codes only; prologue tokens never reach it. The enco
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
-from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import CONFIG_NAME, ModelOutput, logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_prologue_tokenizer import PrologueTokenizerConfig
 from .layers import PrologueRMSNorm, ViTBlock, multi_axis_rope_angles
 from .quantizers import L2VectorQuantizer, ProbSTEQuantizer, QuantizerOutput
+from .strict_loading import StrictLoadingMixin
 
 logger = logging.get_logger(__name__)
 
@@ -93,11 +91,6 @@ def _pil_to_array(image: PIL.Image.Image) -> tuple[np.ndarray, float]:
             "[0, 1], or .clip(0, 255).round().astype(np.uint8) for values in [0, 255]"
         )
     return np.asarray(image.convert("RGB")), 255.0
-
-
-def _compact_keys(keys: list[str]) -> list[str]:
-    """State-dict keys with everything after a layer index folded: ``encoder.layers.2.*``."""
-    return sorted({re.sub(r"(layers\.\d+)\..*", r"\1.*", key) for key in keys})
 
 
 @dataclass
@@ -291,55 +284,14 @@ class PrologueViTDecoder(_ViTStack):
         return unpatchify(self.output_layer(self.norm(x)), self.patch_size, self.grid_size)
 
 
-class PrologueTokenizerPreTrainedModel(PreTrainedModel):
+class PrologueTokenizerPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = PrologueTokenizerConfig
     config: PrologueTokenizerConfig
     base_model_prefix = "tokenizer"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ViTBlock"]
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, strict: bool = True, **kwargs):
-        """``transformers.PreTrainedModel.from_pretrained`` that refuses a checkpoint which does not match its config.
-
-        transformers loads a folder whose ``config.json`` was deleted with the default (B) config, and a
-        ``config.json`` whose layer count was edited with randomly initialised layers, behind a warning table only.
-        Here a local folder without ``config.json`` (and no ``config=`` given) is a ``FileNotFoundError`` naming the
-        folder, and missing or unexpected weights are a ``RuntimeError`` naming them (weights of another shape are
-        already an error in transformers unless ``ignore_mismatched_sizes=True``). A truncated or corrupt
-        ``model.safetensors`` is an ``OSError`` naming the folder.
-
-        Args:
-            strict: ``False`` keeps transformers' behaviour: missing weights are initialised randomly, unexpected
-                ones dropped, with the warning table (as ``torch.nn.Module.load_state_dict(strict=False)``).
-            kwargs: ``transformers.PreTrainedModel.from_pretrained`` arguments.
-        """
-        subfolder = kwargs.get("subfolder")
-        folder = os.path.join(str(pretrained_model_name_or_path), subfolder) if subfolder else str(pretrained_model_name_or_path)
-        if kwargs.get("config") is None and os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-            raise FileNotFoundError(
-                f"{folder} has no {CONFIG_NAME}: without it the weights would be read into the default config; restore "
-                f"the file or pass config=... ({cls.config_class.__name__}) explicitly"
-            )
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
-        except SafetensorError as error:  # its message names neither the folder nor the file
-            raise OSError(f"a weights file in {folder} is truncated or corrupt: {error}") from error
-        missing, unexpected = _compact_keys(info["missing_keys"]), _compact_keys(info["unexpected_keys"])
-        if strict and (missing or unexpected):
-            c = model.config
-            raise RuntimeError(
-                f"the weights in {folder} do not match its {CONFIG_NAME} (num_hidden_layers={c.num_hidden_layers}, "
-                f"decoder_num_hidden_layers={c.decoder_num_hidden_layers}): missing {missing[:6] or 'none'}"
-                f"{' ...' if len(missing) > 6 else ''}, unexpected {unexpected[:6] or 'none'}"
-                f"{' ...' if len(unexpected) > 6 else ''}. Was config.json edited or taken from another checkpoint? "
-                "strict=False loads anyway (missing weights random, unexpected ones dropped)"
-            )
-        return (model, info) if output_loading_info else model
+    _strict_loading_fields = ("num_hidden_layers", "decoder_num_hidden_layers")
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
