@@ -45,6 +45,17 @@ def load_example():
     return load
 
 
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny random-weight pipeline (``tiny_pipeline(seed=0)``, 10 classes) with its progress bar off, one per test
+    module (a module that needs another pipeline defines its own ``pipe``)."""
+    from prologue_hf.testing import tiny_pipeline
+
+    pipeline = tiny_pipeline(seed=0)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from prologue_hf.models.packed_linear import (
     packed_linears,
 )
 from prologue_hf.pipelines import GuidanceSchedule, SamplingParams, generate_ids
+from prologue_hf.testing import seeded_generator as _seeded
 from prologue_hf.testing import tiny_ar
 
 VARIANTS = {
@@ -35,10 +36,6 @@ def _ar(variant: str = "llama", seed: int = 0) -> PrologueARForCausalLM:
             if name.endswith("bias") or "norm" in name:
                 param.add_(0.3 * torch.randn_like(param))
     return ar
-
-
-def _seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _assert_same_run(a, b, atol: float = 1e-5) -> None:

@@ -26,21 +26,11 @@ from prologue_hf.pipelines import (
     prologue_model_card,
 )
 from prologue_hf.pipelines.pipeline_prologue import describe_sampling
+from prologue_hf.testing import seeded_generator as _seeded
 from prologue_hf.testing import tiny_ar, tiny_pipeline
 
 K, N = 4, 16
 T = K + 1 + N
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipeline = tiny_pipeline(seed=0)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def _seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # ---------------------------------------------------------------------------------------------- 1. pipeline call

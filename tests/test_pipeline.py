@@ -21,20 +21,10 @@ from prologue_hf.pipelines import (
     pipeline_prologue,
     prologue_model_card,
 )
+from prologue_hf.testing import seeded_generator as _seeded
 from prologue_hf.testing import tiny_ar, tiny_pipeline, tiny_tokenizer, tiny_tokenizer_config
 
 K = 4
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipeline = tiny_pipeline(seed=0)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def _seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_output_is_the_decoded_visual_ids(pipe):

@@ -23,6 +23,7 @@ from prologue_hf.pipelines import (
     top_k_filter,
     top_p_filter,
 )
+from prologue_hf.testing import seeded_generator as _seeded
 from prologue_hf.testing import tiny_ar, tiny_tokenizer_config
 from prologue_hf.vocabulary import PrologueVocabulary
 
@@ -33,10 +34,6 @@ VOCAB = PrologueVocabulary(64, 16, K, 16, 10)
 @functools.cache
 def _ar(num_prologue_tokens: int = 4):
     return tiny_ar(tiny_tokenizer_config(num_prologue_tokens=num_prologue_tokens), seed=0)
-
-
-def _seeded(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _assert_valid_segments(ar, ids: torch.Tensor) -> None:

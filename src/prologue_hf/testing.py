@@ -52,6 +52,11 @@ def tiny_ar(tokenizer_config: PrologueTokenizerConfig | None = None, seed: int =
     return PrologueARForCausalLM(tiny_ar_config(tokenizer_config, num_classes, **overrides)).eval()
 
 
+def seeded_generator(seed: int = 0) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``seed``: the same draw in every call that gets a fresh one."""
+    return torch.Generator().manual_seed(seed)
+
+
 def tiny_pipeline(seed: int = 0, num_classes: int = 10, **sampling_kwargs):
     """A tiny random-weight :class:`~prologue_hf.pipelines.ProloguePipeline` (32px images, 10 classes named
     ``"class 0"`` ... ``"class 9"``), built in about a second; deterministic for a given ``seed``.
@@ -76,6 +81,7 @@ __all__ = [
     "tiny_tokenizer",
     "tiny_ar",
     "tiny_pipeline",
+    "seeded_generator",
     "TINY_TOKENIZER_KWARGS",
     "TINY_AR_KWARGS",
 ]
