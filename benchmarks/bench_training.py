@@ -22,7 +22,7 @@ Per cell: the median over timed steps of the step's wall time (from one ``on_ste
 into ``data`` (``get_batch_samples``: the DataLoader and collator), ``forward`` (``compute_loss``), ``backward``
 (``accelerator.backward``), ``optimizer`` (gradient clipping, every optimizer's ``step``) and ``overhead`` (the
 rest: EMA update, LR schedules, ``zero_grad``, callbacks, the Trainer's own bookkeeping); images/s (stage 2:
-sequences/s) at the median step; peak memory (CPU: the process's peak resident set ``ru_maxrss``; CUDA:
+sequences/s) at the median step; peak memory (CPU: the process's peak resident set, ``VmHWM``; CUDA:
 ``torch.cuda.max_memory_allocated``); the process's CPU seconds per step (user + system, all its threads: with one
 torch thread, what the step costs whatever else shares the cores). On CUDA every timed region is synchronised.
 Example::
@@ -295,13 +295,26 @@ class StepProfiler:
         self._last_end, self._last_cpu = now, cpu
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident set in KiB: ``VmHWM`` of ``/proc/self/status`` (Linux; it starts afresh at
+    ``exec``, unlike ``ru_maxrss``, which a child inherits from a large parent), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def run_cell(args) -> dict:
     """Build one trainer, train ``warmup + steps`` optimizer steps, return the timings of the last ``steps``."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_kib = peak_rss_kib()
     with tempfile.TemporaryDirectory() as workdir:
         trainer, unit_size = BUILDERS[args.trainer](args, workdir)
         parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -330,7 +343,7 @@ def run_cell(args) -> dict:
         "image_size" if args.trainer != "stage2" else "sequence_length": unit_size,
         "steps": [{k: round(v, 4) for k, v in step.items()} for step in timed],
     }
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = peak_rss_kib()
     if torch.cuda.is_available():
         result["peak_cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     result["peak_rss_mib"] = round(peak_kib / 1024, 1)
