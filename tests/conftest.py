@@ -56,6 +56,17 @@ def pipe():
     return pipeline
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test, restored after it: the training tests' machines share their cores,
+    and OpenMP contention makes two threads many times slower there. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)

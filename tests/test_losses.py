@@ -24,14 +24,7 @@ from prologue_hf.training.losses import (
 )
 from prologue_hf.training.stage1_model import PrologueStage1Model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine's cores are shared: one thread avoids OpenMP contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared CPUs: see conftest.one_thread
 
 
 def _images(batch=4, seed=0):

@@ -33,12 +33,7 @@ from prologue_hf.training.trainer_tokenizer import (
 OFFICIAL_AR = {**TINY_AR_KWARGS, "tie_word_embeddings": False, "use_qk_norm": True, "rope_axes_dim": [6, 4, 6]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared CPUs: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

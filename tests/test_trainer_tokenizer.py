@@ -34,12 +34,7 @@ from prologue_hf.training.trainer_tokenizer import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CPUs: OpenMP contention makes 2 threads ~20x slower here
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared CPUs: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
