@@ -1,6 +1,8 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -65,6 +67,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """16 structured 32x32 PNGs in two class folders ``a``, ``b`` (a coloured square on a smooth gradient whose blue
+    level differs by class), for the trainer tests."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 32)
+    for c, name in enumerate(["a", "b"]):
+        (root / name).mkdir()
+        for i in range(8):
+            image = np.zeros((32, 32, 3))
+            image[..., 0], image[..., 1] = ramp[None, :], ramp[:, None]
+            image[..., 2] = 60 + 120 * c
+            y, x = rng.integers(0, 20, 2)
+            image[y : y + 12, x : x + 12] = rng.integers(0, 256, 3)
+            PIL.Image.fromarray(image.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
 
 
 @pytest.fixture(autouse=True)

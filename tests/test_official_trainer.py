@@ -4,7 +4,6 @@ import json
 import os
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from transformers import set_seed
@@ -34,19 +33,6 @@ OFFICIAL_AR = {**TINY_AR_KWARGS, "tie_word_embeddings": False, "use_qk_norm": Tr
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # shared CPUs: see conftest.one_thread
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["a", "b"]):
-        (root / name).mkdir()
-        for i in range(8):
-            image = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
-            image[..., 2] = 60 + 120 * c
-            PIL.Image.fromarray(image).save(root / name / f"{i}.png")
-    return root
 
 
 def _trainer(tmp_path, image_dir, name, *, gan=True, **arg_overrides):

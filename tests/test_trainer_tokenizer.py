@@ -37,24 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # shared CPUs: see conftest.one_thread
 
 
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    """16 structured 32x32 PNGs in two class folders (a coloured square on a smooth gradient)."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 255, 32)
-    for c, name in enumerate(["a", "b"]):
-        (root / name).mkdir()
-        for i in range(8):
-            image = np.zeros((32, 32, 3))
-            image[..., 0], image[..., 1] = ramp[None, :], ramp[:, None]
-            image[..., 2] = 60 + 120 * c
-            y, x = rng.integers(0, 20, 2)
-            image[y : y + 12, x : x + 12] = rng.integers(0, 256, 3)
-            PIL.Image.fromarray(image.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 def _trainer(tmp_path, image_dir, name, *, gan=True, collator=None, loss_kwargs=None, model_kwargs=None, **arg_overrides):
     loss_config = PrologueStage1LossConfig(
         perceptual_loss="none",
