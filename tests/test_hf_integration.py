@@ -135,50 +135,53 @@ def test_old_callback_still_works_with_a_deprecation_warning(pipe):
 
 
 # ---------------------------------------------------------------------------------------------- 2. offload
+def _quiet_pipeline(seed: int = 0):
+    """A fresh tiny pipeline (its own weights, free to be hooked or offloaded) with its progress bar off."""
+    pipeline = tiny_pipeline(seed=seed)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _assert_same_draw(out, expected) -> None:
+    assert torch.equal(out.ids, expected.ids)
+    np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+
+
 def test_sequential_cpu_offload_with_accelerate_hooks():
     from accelerate import cpu_offload
 
-    reference = tiny_pipeline(seed=0)
-    reference.set_progress_bar_config(disable=True)
+    reference = _quiet_pipeline()
     expected = reference([1, 2], sampling="prologue-B-B", generator=_seeded(0), output_type="np", return_ids=True)
 
-    pipeline = tiny_pipeline(seed=0)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _quiet_pipeline()
     cpu_offload(pipeline.ar, execution_device=torch.device("cpu"))
     cpu_offload(pipeline.tokenizer, execution_device=torch.device("cpu"))
     assert pipeline.ar.device.type == "meta" and pipeline._execution_device == torch.device("cpu")
     out = pipeline([1, 2], sampling="prologue-B-B", generator=_seeded(0), output_type="np", return_ids=True)
-    assert torch.equal(out.ids, expected.ids)
-    np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+    _assert_same_draw(out, expected)
     assert pipeline.ar.lm_head.weight.device.type == "meta"  # offloaded again after use
 
 
 def test_model_cpu_offload_with_accelerate_hooks():
     from accelerate import cpu_offload_with_hook
 
-    reference = tiny_pipeline(seed=0)
-    reference.set_progress_bar_config(disable=True)
+    reference = _quiet_pipeline()
     expected = reference([3], guidance_scale=3.0, generator=_seeded(5), output_type="np", return_ids=True)
-    pipeline = tiny_pipeline(seed=0)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _quiet_pipeline()
     _, ar_hook = cpu_offload_with_hook(pipeline.ar, execution_device="cpu")
     cpu_offload_with_hook(pipeline.tokenizer, execution_device="cpu", prev_module_hook=ar_hook)
     out = pipeline([3], guidance_scale=3.0, generator=_seeded(5), output_type="np", return_ids=True)
-    assert torch.equal(out.ids, expected.ids)
-    np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+    _assert_same_draw(out, expected)
 
 
 def test_diffusers_enable_model_cpu_offload():
-    reference = tiny_pipeline(seed=0)
-    reference.set_progress_bar_config(disable=True)
+    reference = _quiet_pipeline()
     expected = reference([1, 2], sampling="prologue-B-B", generator=_seeded(4), output_type="np", return_ids=True)
-    pipeline = tiny_pipeline(seed=0)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _quiet_pipeline()
     pipeline.enable_model_cpu_offload(device="cpu")  # diffusers' own call, accelerate's hooks on both components
     assert hasattr(pipeline.ar, "_hf_hook") and hasattr(pipeline.tokenizer, "_hf_hook")
     out = pipeline([1, 2], sampling="prologue-B-B", generator=_seeded(4), output_type="np", return_ids=True)
-    assert torch.equal(out.ids, expected.ids)
-    np.testing.assert_allclose(out.images, expected.images, atol=1e-5)
+    _assert_same_draw(out, expected)
 
 
 def test_packed_swap_is_skipped_on_hooked_models():
@@ -237,8 +240,7 @@ def _fresh(code: str, *args, tmp_path) -> str:
 
 
 def test_diffusion_pipeline_loads_the_saved_folder_in_a_fresh_process(tmp_path):
-    pipeline = tiny_pipeline(seed=1)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = _quiet_pipeline(seed=1)
     pipeline.save_pretrained(tmp_path / "pipe")
     assert (tmp_path / "pipe" / "pipeline.py").read_text().startswith(
         "from prologue_hf.pipelines.pipeline_prologue import ProloguePipeline"
