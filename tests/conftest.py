@@ -1,4 +1,6 @@
+import contextlib
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,26 @@ def image_dir(tmp_path_factory):
             image[y : y + 12, x : x + 12] = rng.integers(0, 256, 3)
             PIL.Image.fromarray(image.astype(np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture
+def log_records():
+    """``with log_records("logger.name") as records:`` collects the ``LogRecord`` s that logger handles inside the
+    block (transformers' loggers do not propagate to the root logger, so ``caplog`` does not see them)."""
+
+    @contextlib.contextmanager
+    def capture(name: str):
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        try:
+            yield records
+        finally:
+            logger.removeHandler(handler)
+
+    return capture
 
 
 @pytest.fixture(autouse=True)

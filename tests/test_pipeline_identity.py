@@ -2,7 +2,6 @@
 construction, register_modules and from_pretrained, with the explicit opt-out verify_tokenizer_identity=False."""
 
 import json
-import logging
 
 import pytest
 import torch
@@ -65,18 +64,11 @@ def test_a_post_tokenizer_is_checked_the_same_way():
         ProloguePipeline(tokenizer=other, ar=ar)
 
 
-def test_a_tokenizer_held_in_another_dtype_cannot_be_verified_and_says_so():
+def test_a_tokenizer_held_in_another_dtype_cannot_be_verified_and_says_so(log_records):
     trained_on = tiny_tokenizer(seed=0)
     ar = _ar_for(trained_on)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    pipeline_logger = logging.getLogger("prologue_hf.pipelines.pipeline_prologue")
-    pipeline_logger.addHandler(handler)  # transformers' loggers do not propagate to the root logger
-    try:
+    with log_records("prologue_hf.pipelines.pipeline_prologue") as records:
         ProloguePipeline(tokenizer=tiny_tokenizer(seed=0).to(torch.bfloat16), ar=ar)  # the same weights, cast
-    finally:
-        pipeline_logger.removeHandler(handler)
     assert len(records) == 1 and "not verifiable for a tokenizer held in ['torch.bfloat16']" in records[0].getMessage()
 
 

@@ -250,7 +250,7 @@ def test_2d_baseline_tokenizer_without_prologue(image_folder, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- undecodable shards
-def test_a_shard_of_undecodable_images_merges_as_empty_and_is_counted(tokenizer, tmp_path):
+def test_a_shard_of_undecodable_images_merges_as_empty_and_is_counted(tokenizer, tmp_path, log_records):
     import logging
 
     from prologue_hf.training.pretokenize import merge_shards
@@ -259,15 +259,8 @@ def test_a_shard_of_undecodable_images_merges_as_empty_and_is_counted(tokenizer,
     for path in (folder / "cow").iterdir():  # the 3 images of the last shard (shard_size 3)
         path.write_bytes(b"\x89PNG not an image")
     source = load_image_dataset(str(folder))
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    merge_logger = logging.getLogger("prologue_hf.training.pretokenize.merge")
-    merge_logger.addHandler(handler)  # transformers' loggers do not propagate to the root logger
-    try:
+    with log_records("prologue_hf.training.pretokenize.merge") as records:
         ds = run(tokenizer, source, tmp_path / "ids", shard_size=3, keep_shards=True)
-    finally:
-        merge_logger.removeHandler(handler)
     info = PretokenizedInfo.from_dataset(ds)
     assert (len(ds), info.num_images, info.num_skipped) == (60, 6, 3)
     assert sorted(set(ds[:]["label"].tolist())) == [0, 1]
