@@ -31,7 +31,7 @@ from prologue_hf.research.analysis import (
     plot_prologue_heatmaps,
     prologue_heatmaps,
 )
-from prologue_hf.research.cli import add_pipeline_arguments, load_pipeline
+from prologue_hf.research.cli import add_pipeline_arguments, pipeline_from_args
 
 
 def _classes(values: list[str]) -> list[int | str]:
@@ -39,7 +39,7 @@ def _classes(values: list[str]) -> list[int | str]:
 
 
 def cmd_attention(args) -> None:
-    pipe = load_pipeline(args, args.device)
+    pipe = pipeline_from_args(args, args.device)
     vocab = pipe.ar.config.vocabulary
     image = None
     if args.data:
@@ -71,7 +71,7 @@ def cmd_attention(args) -> None:
 
 
 def cmd_resample(args) -> None:
-    pipe = load_pipeline(args, args.device)
+    pipe = pipeline_from_args(args, args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     classes = _classes(args.classes)
     rows = fixed_prologue_resampling(pipe, classes, args.num_resamples, args.sampling, generator)

@@ -44,7 +44,7 @@ from prologue_hf.evaluation import (
     train_linear_probe,
 )
 from prologue_hf.evaluation.dataloader import evaluation_dataloader, num_batches
-from prologue_hf.research.cli import add_pipeline_arguments, load_pipeline
+from prologue_hf.research.cli import add_pipeline_arguments, pipeline_from_args
 
 
 def _write(results: dict | list, output: Path | None) -> None:
@@ -72,7 +72,8 @@ def _sample_kwargs(args) -> dict:
 
 
 def cmd_sample(args) -> None:
-    path = sample_to_npz(load_pipeline(args, PartialState().device), args.output_dir, sampling=args.sampling, **_sample_kwargs(args))
+    pipe = pipeline_from_args(args, PartialState().device)
+    path = sample_to_npz(pipe, args.output_dir, sampling=args.sampling, **_sample_kwargs(args))
     if path is not None:
         print(path)
 
@@ -104,7 +105,8 @@ def cmd_sweep(args) -> None:
     )
     base = SamplingParams.from_preset(args.sampling)
     results = run_cfg_sweep(
-        load_pipeline(args, PartialState().device), args.scales, args.output_dir, metric_fn, sampling=base, **_sample_kwargs(args)
+        pipeline_from_args(args, PartialState().device), args.scales, args.output_dir, metric_fn, sampling=base,
+        **_sample_kwargs(args),
     )
     if results:  # main process
         shown = [m for m in ("fid", "inception_score", FD_EFFNET_LITE0) if m in results[0]]

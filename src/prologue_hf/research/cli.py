@@ -1,5 +1,6 @@
 """Command-line pieces shared by the example scripts that load a pipeline (``examples/analyze.py``,
-``examples/evaluate_model.py``): the ``--pipeline`` / ``--tokenizer`` + ``--ar`` flags and the load behind them."""
+``examples/evaluate_model.py``): the ``--pipeline`` / ``--tokenizer`` + ``--ar`` flags and the load behind
+them."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ar", help="AR folder (with --tokenizer)")
 
 
-def load_pipeline(args: argparse.Namespace, device: str | torch.device) -> ProloguePipeline:
+def pipeline_from_args(args: argparse.Namespace, device: str | torch.device) -> ProloguePipeline:
     """The pipeline the :func:`add_pipeline_arguments` flags name, on ``device``, with its progress bar off (the
-    scripts report their own progress). Missing flags exit with a message that names them."""
+    scripts report their own progress). Missing flags exit with a message that names them. (Not
+    :func:`prologue_hf.research.app.load_pipeline`, which loads one folder or Hub id for the web demo.)"""
     try:
         pipe = ProloguePipeline.from_parts(args.pipeline, args.tokenizer, args.ar)
     except ValueError as error:
