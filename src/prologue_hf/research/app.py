@@ -23,7 +23,7 @@ import math
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -610,8 +610,16 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
     def progress_fn(progress) -> ProgressFn:
         return lambda done, total: progress((done, total), desc="sampling tokens", unit="tokens")
 
-    def controls_dict(values: Sequence) -> dict:
-        return dict(zip(CONTROL_NAMES, values, strict=True))
+    def handler_controls(handler_locals: dict) -> dict:
+        # the sampling controls among a handler's parameters, which must be spelled out (see the handlers)
+        return {name: handler_locals[name] for name in CONTROL_NAMES}
+
+    def draw_outputs(draw: Draw, kept_prologue: bool) -> tuple:
+        # gallery, prologue ids, message, draw state, next seed, selected image: the outputs of both resample buttons
+        return (
+            gallery_items(draw), format_prologue_ids(draw.prologue_ids), draw_message(draw, kept_prologue), draw,
+            draw.seed + 1, 0,
+        )
 
     with gr.Blocks(title="Prologue", analytics_enabled=False) as app:
         draw_state = gr.State(None)
@@ -736,11 +744,9 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
             class_value, count, seed, preset, prologue_scale, prologue_schedule, prologue_power, visual_scale,
             visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
         ):
-            values = (prologue_scale, prologue_schedule, prologue_power, visual_scale, visual_schedule, visual_power,
-                      prologue_temperature, temperature, top_k, top_p)
-            draw = resample_all(pipeline, class_value, count, seed, preset, controls_dict(values), progress_fn(progress))
-            ids_text = format_prologue_ids(draw.prologue_ids)
-            return gallery_items(draw), ids_text, draw_message(draw, False), draw, draw.seed + 1, 0
+            chosen = handler_controls(locals())
+            draw = resample_all(pipeline, class_value, count, seed, preset, chosen, progress_fn(progress))
+            return draw_outputs(draw, kept_prologue=False)
 
         all_button.click(
             on_resample_all,
@@ -755,13 +761,11 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
             class_value, prologue_text, count, seed, preset, prologue_scale, prologue_schedule, prologue_power,
             visual_scale, visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
         ):
-            values = (prologue_scale, prologue_schedule, prologue_power, visual_scale, visual_schedule, visual_power,
-                      prologue_temperature, temperature, top_k, top_p)
+            chosen = handler_controls(locals())
             draw = resample_visual(
-                pipeline, class_value, prologue_text, count, seed, preset, controls_dict(values), progress_fn(progress)
+                pipeline, class_value, prologue_text, count, seed, preset, chosen, progress_fn(progress)
             )
-            ids_text = format_prologue_ids(draw.prologue_ids)
-            return gallery_items(draw), ids_text, draw_message(draw, True), draw, draw.seed + 1, 0
+            return draw_outputs(draw, kept_prologue=True)
 
         visual_button.click(
             on_resample_visual,
@@ -805,10 +809,9 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
             encoded, class_value, count, seed, preset, prologue_scale, prologue_schedule, prologue_power, visual_scale,
             visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
         ):
-            values = (prologue_scale, prologue_schedule, prologue_power, visual_scale, visual_schedule, visual_power,
-                      prologue_temperature, temperature, top_k, top_p)
+            chosen = handler_controls(locals())
             draw = image_variations(
-                pipeline, encoded, class_value, count, seed, preset, controls_dict(values), progress_fn(progress)
+                pipeline, encoded, class_value, count, seed, preset, chosen, progress_fn(progress)
             )
             return gallery_items(draw), draw_message(draw, True), draw.seed + 1
 
