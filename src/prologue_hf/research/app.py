@@ -621,6 +621,17 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
             draw.seed + 1, 0,
         )
 
+    def guidance_row(segment: str) -> tuple:
+        # one segment's guidance schedule (scale, schedule, power) as a row of controls
+        with gr.Row():
+            return (
+                gr.Number(start_controls[f"{segment}_scale"], label=f"{segment} guidance scale (0 = off)"),
+                gr.Dropdown(
+                    list(SCHEDULE_CHOICES), value=start_controls[f"{segment}_schedule"], label=f"{segment} schedule"
+                ),
+                gr.Number(start_controls[f"{segment}_power"], label=f"{segment} cosine power"),
+            )
+
     with gr.Blocks(title="Prologue", analytics_enabled=False) as app:
         draw_state = gr.State(None)
         encoded_state = gr.State(None)
@@ -650,22 +661,8 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
                     filterable=True, elem_id="preset",
                 )
                 with gr.Accordion("per-segment sampling controls (used with 'custom')", open=False):
-                    with gr.Row():
-                        prologue_scale = gr.Number(
-                            start_controls["prologue_scale"], label="prologue guidance scale (0 = off)"
-                        )
-                        prologue_schedule = gr.Dropdown(
-                            list(SCHEDULE_CHOICES), value=start_controls["prologue_schedule"], label="prologue schedule"
-                        )
-                        prologue_power = gr.Number(start_controls["prologue_power"], label="prologue cosine power")
-                    with gr.Row():
-                        visual_scale = gr.Number(
-                            start_controls["visual_scale"], label="visual guidance scale (0 = off)"
-                        )
-                        visual_schedule = gr.Dropdown(
-                            list(SCHEDULE_CHOICES), value=start_controls["visual_schedule"], label="visual schedule"
-                        )
-                        visual_power = gr.Number(start_controls["visual_power"], label="visual cosine power")
+                    prologue_scale, prologue_schedule, prologue_power = guidance_row("prologue")
+                    visual_scale, visual_schedule, visual_power = guidance_row("visual")
                     with gr.Row():
                         prologue_temperature = gr.Number(
                             start_controls["prologue_temperature"], label="prologue temperature"
