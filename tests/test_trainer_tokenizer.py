@@ -237,11 +237,19 @@ def test_non_finite_loss_stops_after_saving_the_last_good_state(tmp_path, image_
 
 
 # ------------------------------------------------------------------------------------------------ example script
+def _tiny_example_args(image_dir, tmp_path, out) -> list[str]:
+    """``examples/train_tokenizer.py`` arguments every example test shares: the tiny config, the image folder, an HF
+    cache and the output folder under ``tmp_path``."""
+    return [
+        "--config", str(REPO / "examples" / "configs" / "tokenizer_tiny.yaml"),
+        "--train_data", str(image_dir), "--cache_dir", str(tmp_path / "hf-cache"), "--output_dir", str(out),
+    ]
+
+
 def test_example_script_single_process(tmp_path, image_dir, load_example):
     out = tmp_path / "cli"
     load_example("train_tokenizer").main([
-        "--config", str(REPO / "examples" / "configs" / "tokenizer_tiny.yaml"),
-        "--train_data", str(image_dir), "--cache_dir", str(tmp_path / "hf-cache"), "--output_dir", str(out),
+        *_tiny_example_args(image_dir, tmp_path, out),
         "--max_steps", "4", "--save_steps", "2", "--logging_steps", "2", "--disable_tqdm", "True",
     ])
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
@@ -259,8 +267,7 @@ def test_example_script_two_cpu_processes(tmp_path, image_dir):
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
         str(REPO / "examples" / "train_tokenizer.py"),
-        "--config", str(REPO / "examples" / "configs" / "tokenizer_tiny.yaml"),
-        "--train_data", str(image_dir), "--cache_dir", str(tmp_path / "hf-cache"), "--output_dir", str(out),
+        *_tiny_example_args(image_dir, tmp_path, out),
         "--max_steps", "4", "--save_steps", "4", "--logging_steps", "2", "--disable_tqdm", "True",
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -278,8 +285,7 @@ def test_example_script_two_cpu_processes(tmp_path, image_dir):
 def test_example_script_streaming(tmp_path, image_dir, load_example):
     out = tmp_path / "stream"
     load_example("train_tokenizer").main([
-        "--config", str(REPO / "examples" / "configs" / "tokenizer_tiny.yaml"),
-        "--train_data", str(image_dir), "--cache_dir", str(tmp_path / "hf-cache"), "--output_dir", str(out),
+        *_tiny_example_args(image_dir, tmp_path, out),
         "--streaming", "True", "--shuffle_buffer_size", "16", "--max_steps", "3", "--save_steps", "3",
         "--logging_steps", "3", "--disable_tqdm", "True",
     ])
