@@ -13,13 +13,7 @@ import pytest
 import torch
 from torch._dynamo.eval_frame import OptimizedModule
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # shared CPUs: see conftest.one_thread
 
 
 def _train(bench, name, workdir, compile_, backend="aot_eager"):
