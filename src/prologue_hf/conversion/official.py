@@ -43,7 +43,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ..models import PrologueARForCausalLM, PrologueTokenizerConfig, PrologueTokenizerModel
+from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerConfig, PrologueTokenizerModel
 from ..models.modeling_prologue_post import ProloguePostModel
 from .official_config import (
     OFFICIAL_FAMILIES,
@@ -638,23 +638,8 @@ def _shard_keys(directory: str | Path, slot: int = 0) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- reverse (AR only)
-def ar_to_official(model: PrologueARForCausalLM, cond_dim: int = 32) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Our AR -> an official ``ARModel`` state dict and the config entries it needs.
-
-    The official code conditions its norms and gates on ``c = cond_proj(onehot(null))``; we choose ``cond_proj`` so
-    that ``c`` is a constant vector (``W0 = 0``, ``b0 = 1``, ``w1 = 0`` give ``c = GELU_tanh(1) * ones``), then set
-    each AdaRMSNorm affine to ``weight = 0, bias = ours - 1`` and each gate to a rank-one ``W`` with ``W c = 1``
-    (``o_proj``/``down_proj`` keep our folded scaling). The RoPE permutation is undone.
-
-    Args:
-        model: a converted or trained :class:`PrologueARForCausalLM` with ``use_qk_norm=True`` and ``rope_axes_dim``.
-        cond_dim: ``ARModel.cond_dim`` to write (any value >= 1 works; the release uses ``cond_emb_dim: 32``).
-
-    Returns:
-        ``(state_dict, config_entries)``: tensors keyed as in the official ``ar/model.safetensors``, and a nested dict
-        of the official config keys (``z_len``, codebook sizes, ``ARModel.*``) that describe it.
-    """
-    config = model.config
+def _check_official_ar_layout(config: PrologueARConfig, cond_dim: int) -> None:
+    """Raise unless ``config`` is an AR the official ``ARModel`` can express; warn about what only differs slightly."""
     if not config.use_qk_norm or config.rope_axes_dim is None:
         raise NotImplementedError(
             "only ARs with use_qk_norm=True and rope_axes_dim set (the official layout) can be written in the official "
@@ -666,8 +651,7 @@ def ar_to_official(model: PrologueARForCausalLM, cond_dim: int = 32) -> tuple[di
         raise NotImplementedError("the official AR has no grouped-query attention and head_dim = dim / heads")
     if config.rope_parameters.get("rope_type", "default") != "default":
         raise NotImplementedError(f"rope scaling {config.rope_parameters} has no official equivalent")
-    vocabulary = config.vocabulary
-    if not vocabulary.has_prologue:
+    if not config.vocabulary.has_prologue:
         raise NotImplementedError("the official Prologue AR needs num_prologue_tokens > 0")
     if cond_dim < 1:
         raise ValueError(f"cond_dim must be >= 1, got {cond_dim}")
@@ -675,49 +659,46 @@ def ar_to_official(model: PrologueARForCausalLM, cond_dim: int = 32) -> tuple[di
         logger.warning(
             "rms_norm_eps=%g: the official AdaRMSNorm has no epsilon, outputs differ slightly", config.rms_norm_eps
         )
-    state = {k: v.detach().double().cpu() for k, v in model.state_dict().items()}
-    dim, heads = config.hidden_size, config.num_attention_heads
-    inverse = torch.argsort(_rope_permutation(dim // heads))
-    ar_vocab = vocabulary.eos_token_id + 1
-    num_labels = vocabulary.num_classes + 1
-    c_value = F.gelu(torch.tensor(1.0, dtype=torch.float64), approximate="tanh")
-    gate = torch.full((dim, cond_dim), 1.0 / (cond_dim * float(c_value)), dtype=torch.float64)  # W c = 1
 
-    def affine(prefix: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.weight": torch.zeros(dim, cond_dim, dtype=torch.float64), f"{prefix}.bias": weight - 1.0}
 
-    out: dict[str, torch.Tensor] = {
-        "bos_emb.weight": state["model.embed_tokens.weight"][vocabulary.class_offset :],
-        "semantic_emb.weight": state["model.embed_tokens.weight"][:ar_vocab],
-        "uncond_ar_labels": F.one_hot(torch.tensor([num_labels - 1]), num_labels).double(),
-        "ar_model.cond_proj.0.weight": torch.zeros(cond_dim, num_labels, dtype=torch.float64),
-        "ar_model.cond_proj.0.bias": torch.ones(cond_dim, dtype=torch.float64),
-        "ar_model.cond_proj.1.weight": torch.zeros(cond_dim, dtype=torch.float64),
-        **affine("ar_model.out_norm.affine", state["model.norm.weight"]),
+def _official_affine(prefix: str, weight: torch.Tensor, cond_dim: int) -> dict[str, torch.Tensor]:
+    """An official AdaRMSNorm affine that reproduces our norm ``weight`` (shape ``(dim,)``) for a constant ``c``:
+    ``weight = 0`` (shape ``(dim, cond_dim)``) and ``bias = weight - 1`` (the official norm scales by ``1 + bias``)."""
+    dim = weight.shape[0]
+    return {f"{prefix}.weight": torch.zeros(dim, cond_dim, dtype=torch.float64), f"{prefix}.bias": weight - 1.0}
+
+
+def _official_ar_layer(
+    state: dict[str, torch.Tensor], layer: int, heads: int, inverse: torch.Tensor, gate: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Official tensors of decoder layer ``layer`` from our float64 ``state``: RoPE permutation undone with
+    ``inverse`` (shape ``(head_dim,)``), norms as constant-``c`` affines, both gates set to ``gate`` (``W c = 1``)."""
+    p, ours = f"ar_model.layers.{layer}.", f"model.layers.{layer}."
+    cond_dim = gate.shape[1]
+    return {
+        **_official_affine(f"{p}adaln_1.affine", state[f"{ours}input_layernorm.weight"], cond_dim),
+        f"{p}attn1.to_q.weight": _permute_heads(state[f"{ours}self_attn.q_proj.weight"], heads, inverse),
+        f"{p}attn1.to_kv.weight": torch.cat([
+            _permute_heads(state[f"{ours}self_attn.k_proj.weight"], heads, inverse),
+            state[f"{ours}self_attn.v_proj.weight"],
+        ]),
+        f"{p}attn1.q_norm.weight": state[f"{ours}self_attn.q_norm.weight"][inverse] - 1.0,
+        f"{p}attn1.k_norm.weight": state[f"{ours}self_attn.k_norm.weight"][inverse] - 1.0,
+        f"{p}attn1.proj.weight": state[f"{ours}self_attn.o_proj.weight"],
+        f"{p}gate1.weight": gate,
+        **_official_affine(f"{p}adaln_mlp.affine", state[f"{ours}post_attention_layernorm.weight"], cond_dim),
+        f"{p}ffn.fc1.weight": torch.cat([state[f"{ours}mlp.up_proj.weight"], state[f"{ours}mlp.gate_proj.weight"]]),
+        f"{p}ffn.fc2.weight": state[f"{ours}mlp.down_proj.weight"],
+        f"{p}gate_mlp.weight": gate,
     }
-    if not config.tie_word_embeddings:
-        out["ar_model.out.weight"] = state["lm_head.weight"][:ar_vocab]
-    for i in range(config.num_hidden_layers):
-        p, ours = f"ar_model.layers.{i}.", f"model.layers.{i}."
-        out.update({
-            **affine(f"{p}adaln_1.affine", state[f"{ours}input_layernorm.weight"]),
-            f"{p}attn1.to_q.weight": _permute_heads(state[f"{ours}self_attn.q_proj.weight"], heads, inverse),
-            f"{p}attn1.to_kv.weight": torch.cat([
-                _permute_heads(state[f"{ours}self_attn.k_proj.weight"], heads, inverse),
-                state[f"{ours}self_attn.v_proj.weight"],
-            ]),
-            f"{p}attn1.q_norm.weight": state[f"{ours}self_attn.q_norm.weight"][inverse] - 1.0,
-            f"{p}attn1.k_norm.weight": state[f"{ours}self_attn.k_norm.weight"][inverse] - 1.0,
-            f"{p}attn1.proj.weight": state[f"{ours}self_attn.o_proj.weight"],
-            f"{p}gate1.weight": gate,
-            **affine(f"{p}adaln_mlp.affine", state[f"{ours}post_attention_layernorm.weight"]),
-            f"{p}ffn.fc1.weight": torch.cat([state[f"{ours}mlp.up_proj.weight"], state[f"{ours}mlp.gate_proj.weight"]]),
-            f"{p}ffn.fc2.weight": state[f"{ours}mlp.down_proj.weight"],
-            f"{p}gate_mlp.weight": gate,
-        })
-    dtype = model.get_input_embeddings().weight.dtype
-    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
-    entries = {
+
+
+def _official_ar_config_entries(config: PrologueARConfig, cond_dim: int) -> dict[str, Any]:
+    """The official config keys (``z_len``, codebook sizes, ``ARModel.*``) describing the AR ``config``."""
+    vocabulary = config.vocabulary
+    dim, heads = config.hidden_size, config.num_attention_heads
+    num_labels = vocabulary.num_classes + 1
+    return {
         "z_len": vocabulary.num_prologue_tokens,
         "x_len": vocabulary.num_visual_tokens,
         "Prologue": True,
@@ -751,7 +732,51 @@ def ar_to_official(model: PrologueARForCausalLM, cond_dim: int = 32) -> tuple[di
             "temperature": 1.0,
         },
     }
-    return out, entries
+
+
+def ar_to_official(model: PrologueARForCausalLM, cond_dim: int = 32) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Our AR -> an official ``ARModel`` state dict and the config entries it needs.
+
+    The official code conditions its norms and gates on ``c = cond_proj(onehot(null))``; we choose ``cond_proj`` so
+    that ``c`` is a constant vector (``W0 = 0``, ``b0 = 1``, ``w1 = 0`` give ``c = GELU_tanh(1) * ones``), then set
+    each AdaRMSNorm affine to ``weight = 0, bias = ours - 1`` and each gate to a rank-one ``W`` with ``W c = 1``
+    (``o_proj``/``down_proj`` keep our folded scaling). The RoPE permutation is undone.
+
+    Args:
+        model: a converted or trained :class:`PrologueARForCausalLM` with ``use_qk_norm=True`` and ``rope_axes_dim``.
+        cond_dim: ``ARModel.cond_dim`` to write (any value >= 1 works; the release uses ``cond_emb_dim: 32``).
+
+    Returns:
+        ``(state_dict, config_entries)``: tensors keyed as in the official ``ar/model.safetensors``, and a nested dict
+        of the official config keys (``z_len``, codebook sizes, ``ARModel.*``) that describe it.
+    """
+    config = model.config
+    _check_official_ar_layout(config, cond_dim)
+    vocabulary = config.vocabulary
+    state = {k: v.detach().double().cpu() for k, v in model.state_dict().items()}
+    dim, heads = config.hidden_size, config.num_attention_heads
+    inverse = torch.argsort(_rope_permutation(dim // heads))
+    ar_vocab = vocabulary.eos_token_id + 1
+    num_labels = vocabulary.num_classes + 1
+    c_value = F.gelu(torch.tensor(1.0, dtype=torch.float64), approximate="tanh")
+    gate = torch.full((dim, cond_dim), 1.0 / (cond_dim * float(c_value)), dtype=torch.float64)  # W c = 1
+
+    out: dict[str, torch.Tensor] = {
+        "bos_emb.weight": state["model.embed_tokens.weight"][vocabulary.class_offset :],
+        "semantic_emb.weight": state["model.embed_tokens.weight"][:ar_vocab],
+        "uncond_ar_labels": F.one_hot(torch.tensor([num_labels - 1]), num_labels).double(),
+        "ar_model.cond_proj.0.weight": torch.zeros(cond_dim, num_labels, dtype=torch.float64),
+        "ar_model.cond_proj.0.bias": torch.ones(cond_dim, dtype=torch.float64),
+        "ar_model.cond_proj.1.weight": torch.zeros(cond_dim, dtype=torch.float64),
+        **_official_affine("ar_model.out_norm.affine", state["model.norm.weight"], cond_dim),
+    }
+    if not config.tie_word_embeddings:
+        out["ar_model.out.weight"] = state["lm_head.weight"][:ar_vocab]
+    for i in range(config.num_hidden_layers):
+        out.update(_official_ar_layer(state, i, heads, inverse, gate))
+    dtype = model.get_input_embeddings().weight.dtype
+    out = {k: v.to(dtype).contiguous() for k, v in out.items()}
+    return out, _official_ar_config_entries(config, cond_dim)
 
 
 def save_official_ar(
