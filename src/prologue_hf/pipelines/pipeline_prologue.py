@@ -676,47 +676,25 @@ def _class_names_line(id2label: dict | None, limit: int = 12) -> str:
     return f"Classes ({len(items)}): {shown}{more}."
 
 
-def prologue_model_card(
-    pipeline: ProloguePipeline,
-    repo_id: str | None = None,
-    license: str | None = None,
-    extra_text: str | None = None,
-    subfolder: str | None = None,
-) -> ModelCard:
-    """A model card for ``pipeline``: Hub metadata (library, tags, license) and a description of the tokenizer, the
-    AR, the default sampling settings, the class names and how to load it (``subfolder``: where in the repository
-    the pipeline lives).
+_CARD_TAGS = ("prologue", "autoregressive", "image-generation", "class-conditional", "diffusers-pipeline")
 
-    >>> from prologue_hf.testing import tiny_pipeline
-    >>> card = prologue_model_card(tiny_pipeline(), repo_id="me/prologue-tiny")
-    >>> card.data.library_name
-    'prologue-hf'
-    """
+_CARD_CITATION = """## Citation
+
+```bibtex
+@article{prologue2026,
+  title   = {Autoregressive Visual Generation Needs a Prologue},
+  journal = {arXiv preprint arXiv:2605.06137},
+  year    = {2026}
+}
+```
+"""
+
+
+def _card_description(pipeline: ProloguePipeline) -> str:
+    """The card's overview: what the pipeline samples, a table of its two components, the default sampling
+    settings and the class names."""
     tok, ar = pipeline.tokenizer.config, pipeline.ar.config
-    data = ModelCardData(
-        library_name="prologue-hf",
-        license=license,
-        pipeline_tag="unconditional-image-generation",
-        tags=["prologue", "autoregressive", "image-generation", "class-conditional", "diffusers-pipeline"],
-    )
-    name = repo_id or "ProloguePipeline"
-    if subfolder:  # diffusers loads pipelines from a repository's root only: fetch the subfolder, load it locally
-        fetch = (f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{repo_id}", '
-                 f'allow_patterns="{subfolder}/*") + "/{subfolder}"\n')
-        location, ar_location = "folder", 'folder + "/ar"'
-    else:
-        fetch = ""
-        location = f'"{repo_id}"' if repo_id else '"path/to/pipeline_folder"'
-        ar_location = f'{location}, subfolder="ar"'
-    id2label = pipeline.config.id2label
-    first_label = f'"{id2label[min(id2label, key=int)].split(",")[0].strip()}"' if id2label else "0"
-    text = f"""---
-{data.to_yaml()}
----
-
-# {name}
-
-A class-conditional image generator in the **Prologue** format ("Autoregressive Visual Generation Needs a Prologue",
+    return f"""A class-conditional image generator in the **Prologue** format ("Autoregressive Visual Generation Needs a Prologue",
 arXiv 2605.06137): an autoregressive transformer samples {ar.num_prologue_tokens} prologue tokens, an EOS token and
 {ar.num_visual_tokens} visual tokens; the tokenizer decodes the visual tokens into a {tok.image_size}x{tok.image_size}
 image.
@@ -730,9 +708,23 @@ visual codebook {tok.visual_codebook_size}, prologue codebook {tok.prologue_code
 
 Default sampling: {describe_sampling(pipeline.config.default_sampling)}.
 
-{_class_names_line(id2label)}
+{_class_names_line(pipeline.config.id2label)}"""
 
-## Usage
+
+def _card_usage(pipeline: ProloguePipeline, repo_id: str | None, subfolder: str | None) -> str:
+    """The card's "Usage" section: loading the pipeline (with prologue_hf, or through diffusers' / transformers'
+    remote code) from ``repo_id`` (and its ``subfolder``), then sampling the first named class."""
+    if subfolder:  # diffusers loads pipelines from a repository's root only: fetch the subfolder, load it locally
+        fetch = (f'from huggingface_hub import snapshot_download\n\nfolder = snapshot_download("{repo_id}", '
+                 f'allow_patterns="{subfolder}/*") + "/{subfolder}"\n')
+        location, ar_location = "folder", 'folder + "/ar"'
+    else:
+        fetch = ""
+        location = f'"{repo_id}"' if repo_id else '"path/to/pipeline_folder"'
+        ar_location = f'{location}, subfolder="ar"'
+    id2label = pipeline.config.id2label
+    first_label = f'"{id2label[min(id2label, key=int)].split(",")[0].strip()}"' if id2label else "0"
+    return f"""## Usage
 
 ```python
 {fetch}import torch
@@ -753,18 +745,30 @@ pipe = DiffusionPipeline.from_pretrained({location}, custom_pipeline="pipeline",
 ```
 
 and transformers loads a component through the `auto_map` of its `config.json`:
-`AutoModelForCausalLM.from_pretrained({ar_location}, trust_remote_code=True)`.
+`AutoModelForCausalLM.from_pretrained({ar_location}, trust_remote_code=True)`."""
 
-## Citation
 
-```bibtex
-@article{{prologue2026,
-  title   = {{Autoregressive Visual Generation Needs a Prologue}},
-  journal = {{arXiv preprint arXiv:2605.06137}},
-  year    = {{2026}}
-}}
-```
-"""
+def prologue_model_card(
+    pipeline: ProloguePipeline,
+    repo_id: str | None = None,
+    license: str | None = None,
+    extra_text: str | None = None,
+    subfolder: str | None = None,
+) -> ModelCard:
+    """A model card for ``pipeline``: Hub metadata (library, tags, license) and a description of the tokenizer, the
+    AR, the default sampling settings, the class names and how to load it (``subfolder``: where in the repository
+    the pipeline lives).
+
+    >>> from prologue_hf.testing import tiny_pipeline
+    >>> card = prologue_model_card(tiny_pipeline(), repo_id="me/prologue-tiny")
+    >>> card.data.library_name
+    'prologue-hf'
+    """
+    data = ModelCardData(
+        library_name="prologue-hf", license=license, pipeline_tag="unconditional-image-generation", tags=list(_CARD_TAGS)
+    )
+    text = (f"---\n{data.to_yaml()}\n---\n\n# {repo_id or 'ProloguePipeline'}\n\n{_card_description(pipeline)}\n\n"
+            f"{_card_usage(pipeline, repo_id, subfolder)}\n\n{_CARD_CITATION}")
     if extra_text:
         text += "\n" + extra_text.strip() + "\n"
     return ModelCard(text)
