@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 
 from ..conversion.official_config import OfficialConfig
 from ..conversion.official_stage1 import load_official_stage1, official_state
-from .official_stage1 import OfficialStage1Settings, OfficialStage1Stepper
+from ..models.official_parametrization import OfficialParameterMap
+from .official_stage1 import OfficialStage1Settings, OfficialStage1Stepper, OfficialStepOutput
 
 LOSS_TOLERANCE = 1e-5
 LOGIT_TOLERANCE = 1e-5
@@ -74,9 +75,8 @@ def _relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours.double() - ref.double()).abs().max() / max(1.0, float(ref.double().abs().max())))
 
 
-def replay_official_step_fixture(folder: str | Path) -> ParityReport:
-    """Load ``folder/start``, run the recorded iterations with the injected draws, compare with the fixture."""
-    folder = Path(folder)
+def _load_replayable_config(folder: Path) -> OfficialConfig:
+    """``folder/config.yaml`` once the folder is a complete step fixture whose settings this replay supports."""
     for name in ("config.yaml", "inputs.safetensors", "random_draws.safetensors", "losses.safetensors", "start"):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder} is not an official stage-1 step fixture: {name} is missing")
@@ -95,6 +95,106 @@ def replay_official_step_fixture(folder: str | Path) -> ParityReport:
         problems.append(f"gan_start = {config.get('gan_start')} (the official GANLoss discriminator has no counterpart here)")
     if problems:
         raise NotImplementedError(f"{folder}: " + "; ".join(problems))
+    return config
+
+
+@dataclass
+class _StepReferences:
+    """The fixture's recorded per-step values: ``losses`` (``g{step}_loss_{term}``), ``outputs`` (AR logits and
+    targets, encoder ids), ``grad_norms`` (``g{step}_{module}_param_grad_norm``, one entry per parameter),
+    ``scalars`` (loss terms recorded as plain numbers) and ``grad_names`` (``{module: parameter names}``)."""
+
+    losses: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+    grad_norms: dict[str, torch.Tensor]
+    scalars: dict[str, float]
+    grad_names: dict[str, list[str]]
+
+    @classmethod
+    def load(cls, folder: Path) -> _StepReferences:
+        """Read ``losses``, ``step_outputs`` and ``grad_norms`` ``.safetensors`` and ``manifest.json`` from ``folder``."""
+        losses = load_file(str(folder / "losses.safetensors"))
+        outputs = load_file(str(folder / "step_outputs.safetensors"))
+        grad_norms = load_file(str(folder / "grad_norms.safetensors"))
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return cls(losses, outputs, grad_norms, manifest["scalars"], manifest["grad_norm_param_names"])
+
+
+def _compare_losses(report: ParityReport, step: int, result: OfficialStepOutput, refs: _StepReferences) -> None:
+    """Record each loss term's deviation (relative for tensors, absolute for recorded scalars)."""
+    for name, value in result.losses.items():
+        key = f"g{step}_loss_{name}"
+        if key in refs.losses:
+            deviation = _relative(value, refs.losses[key])
+        elif f"g{step}_{name}" in refs.scalars:
+            deviation = abs(float(value) - refs.scalars[f"g{step}_{name}"])
+        else:
+            continue
+        report.losses[name] = max(report.losses.get(name, 0.0), deviation)
+        if deviation > LOSS_TOLERANCE:
+            official = float(refs.losses[key]) if key in refs.losses else refs.scalars[f"g{step}_{name}"]
+            report.failures.append(f"g{step} {name}: {float(value):.7g} vs official {official:.7g}")
+
+
+def _compare_outputs(report: ParityReport, step: int, result: OfficialStepOutput, refs: _StepReferences) -> None:
+    """Record the AR logits' deviation and whether the AR targets and encoder token ids are exactly equal."""
+    if f"g{step}_ar_logits" in refs.outputs:
+        ref = refs.outputs[f"g{step}_ar_logits"]
+        deviation = float((result.tensors["ar_logits"] - ref).abs().max())
+        report.logits = max(report.logits, deviation)
+        if deviation > LOGIT_TOLERANCE * max(1.0, float(ref.abs().max())):
+            report.failures.append(f"g{step} AR logits deviate by {deviation:.3e}")
+    if not torch.equal(result.tensors["ar_targets"], refs.outputs[f"g{step}_ar_targets"]):
+        report.ids_equal = False
+        report.failures.append(f"g{step}: AR targets (token ids) differ")
+    if "indices" in result.tensors and not torch.equal(result.tensors["indices"], refs.outputs[f"g{step}_indices"]):
+        report.ids_equal = False
+        report.failures.append(f"g{step}: encoder token ids differ")
+
+
+def _compare_grad_norms(report: ParityReport, step: int, result: OfficialStepOutput, refs: _StepReferences) -> None:
+    """Record each module's largest relative per-parameter gradient-norm deviation, naming the worst parameter."""
+    for module, norms in result.grad_norms.items():
+        ref = refs.grad_norms[f"g{step}_{module}_param_grad_norm"]
+        ours = torch.tensor([norms[n] for n in refs.grad_names[module]], dtype=torch.float64)
+        deviation = float(((ours - ref).abs() / ref.abs().clamp_min(1e-12)).max())
+        report.grad_norms[module] = max(report.grad_norms.get(module, 0.0), deviation)
+        if deviation > GRAD_NORM_RELATIVE_TOLERANCE:
+            worst = refs.grad_names[module][int(((ours - ref).abs() / ref.abs().clamp_min(1e-12)).argmax())]
+            report.failures.append(f"g{step} {module} gradient norm of {worst} deviates by {deviation:.3e} (relative)")
+
+
+def _compare_step(report: ParityReport, step: int, result: OfficialStepOutput, refs: _StepReferences) -> None:
+    """Compare one encoder or AR step (``g{step}``) with the fixture: losses, outputs, then gradient norms."""
+    _compare_losses(report, step, result, refs)
+    _compare_outputs(report, step, result, refs)
+    _compare_grad_norms(report, step, result, refs)
+
+
+def _compare_weights(
+    report: ParityReport, folder: Path, iteration: int, maps: dict[str, OfficialParameterMap]
+) -> None:
+    """Record, per module, how far our weights after ``iteration`` lie from ``folder/iter{iteration}/``."""
+    for module, official_map in maps.items():
+        reference = load_file(str(folder / f"iter{iteration}" / f"{_MODULE_SLOTS[module]}.safetensors"))
+        ours = official_state(official_map)
+        deltas = torch.cat([(ours[k].double() - reference[k].double()).abs().flatten() for k in ours])
+        stats = {
+            "max_abs": float(deltas.max()),
+            "fraction_above_1e-6": float((deltas > WEIGHT_TOLERANCE).double().mean()),
+        }
+        report.weights[f"iter{iteration}/{module}"] = stats
+        if stats["max_abs"] > WEIGHT_OUTLIER_TOLERANCE or stats["fraction_above_1e-6"] > WEIGHT_OUTLIER_FRACTION:
+            report.failures.append(
+                f"iter{iteration} {module} weights: max |d| {stats['max_abs']:.3e}, "
+                f"{stats['fraction_above_1e-6']:.2e} of elements above {WEIGHT_TOLERANCE}"
+            )
+
+
+def replay_official_step_fixture(folder: str | Path) -> ParityReport:
+    """Load ``folder/start``, run the recorded iterations with the injected draws, compare with the fixture."""
+    folder = Path(folder)
+    config = _load_replayable_config(folder)
     settings = OfficialStage1Settings.from_official_config(config)
     models = load_official_stage1(folder / "start", config)
     maps = models.maps()
@@ -102,11 +202,7 @@ def replay_official_step_fixture(folder: str | Path) -> ParityReport:
 
     inputs = load_file(str(folder / "inputs.safetensors"))
     draws = load_file(str(folder / "random_draws.safetensors"))
-    losses = load_file(str(folder / "losses.safetensors"))
-    outputs = load_file(str(folder / "step_outputs.safetensors"))
-    grad_norms = load_file(str(folder / "grad_norms.safetensors"))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    grad_names = manifest["grad_norm_param_names"]
+    refs = _StepReferences.load(folder)
     iterations = sorted(int(p.name[4:]) for p in folder.glob("iter*") if p.name[4:].isdigit())
     if not iterations:
         raise FileNotFoundError(f"{folder}: no iter1/, iter2/, ... folders")
@@ -115,39 +211,6 @@ def replay_official_step_fixture(folder: str | Path) -> ParityReport:
     pixels = inputs["images"].float()
     labels = inputs["class_ids"].long() if config.get("use_label", True) else None
 
-    def compare_step(step: int, result) -> None:
-        for name, value in result.losses.items():
-            key = f"g{step}_loss_{name}"
-            if key in losses:
-                deviation = _relative(value, losses[key])
-            elif f"g{step}_{name}" in manifest["scalars"]:
-                deviation = abs(float(value) - manifest["scalars"][f"g{step}_{name}"])
-            else:
-                continue
-            report.losses[name] = max(report.losses.get(name, 0.0), deviation)
-            if deviation > LOSS_TOLERANCE:
-                report.failures.append(f"g{step} {name}: {float(value):.7g} vs official {float(losses[key]) if key in losses else manifest['scalars'][f'g{step}_{name}']:.7g}")
-        if f"g{step}_ar_logits" in outputs:
-            ref = outputs[f"g{step}_ar_logits"]
-            deviation = float((result.tensors["ar_logits"] - ref).abs().max())
-            report.logits = max(report.logits, deviation)
-            if deviation > LOGIT_TOLERANCE * max(1.0, float(ref.abs().max())):
-                report.failures.append(f"g{step} AR logits deviate by {deviation:.3e}")
-        if not torch.equal(result.tensors["ar_targets"], outputs[f"g{step}_ar_targets"]):
-            report.ids_equal = False
-            report.failures.append(f"g{step}: AR targets (token ids) differ")
-        if "indices" in result.tensors and not torch.equal(result.tensors["indices"], outputs[f"g{step}_indices"]):
-            report.ids_equal = False
-            report.failures.append(f"g{step}: encoder token ids differ")
-        for module, norms in result.grad_norms.items():
-            ref = grad_norms[f"g{step}_{module}_param_grad_norm"]
-            ours = torch.tensor([norms[n] for n in grad_names[module]], dtype=torch.float64)
-            deviation = float(((ours - ref).abs() / ref.abs().clamp_min(1e-12)).max())
-            report.grad_norms[module] = max(report.grad_norms.get(module, 0.0), deviation)
-            if deviation > GRAD_NORM_RELATIVE_TOLERANCE:
-                worst = grad_names[module][int(((ours - ref).abs() / ref.abs().clamp_min(1e-12)).argmax())]
-                report.failures.append(f"g{step} {module} gradient norm of {worst} deviates by {deviation:.3e} (relative)")
-
     for iteration in iterations:
         enc_step, ar_step = 2 * (iteration - 1), 2 * (iteration - 1) + 1
         label_drop = draws.get(f"it{iteration}_label_drop_mask")
@@ -155,23 +218,10 @@ def replay_official_step_fixture(folder: str | Path) -> ParityReport:
             pixels, labels, label_drop_mask=None if label_drop is None else label_drop.reshape(-1),
             visual_drop_mask=draws.get(f"g{enc_step}_vis_drop_mask"), record_grad_norms=True,
         )
-        compare_step(enc_step, enc)
+        _compare_step(report, enc_step, enc, refs)
         ar = stepper.ar_step(visual_drop_mask=draws.get(f"g{ar_step}_vis_drop_mask"), record_grad_norms=True)
-        compare_step(ar_step, ar)
-        for module, official_map in maps.items():
-            reference = load_file(str(folder / f"iter{iteration}" / f"{_MODULE_SLOTS[module]}.safetensors"))
-            ours = official_state(official_map)
-            deltas = torch.cat([(ours[k].double() - reference[k].double()).abs().flatten() for k in ours])
-            stats = {
-                "max_abs": float(deltas.max()),
-                "fraction_above_1e-6": float((deltas > WEIGHT_TOLERANCE).double().mean()),
-            }
-            report.weights[f"iter{iteration}/{module}"] = stats
-            if stats["max_abs"] > WEIGHT_OUTLIER_TOLERANCE or stats["fraction_above_1e-6"] > WEIGHT_OUTLIER_FRACTION:
-                report.failures.append(
-                    f"iter{iteration} {module} weights: max |d| {stats['max_abs']:.3e}, "
-                    f"{stats['fraction_above_1e-6']:.2e} of elements above {WEIGHT_TOLERANCE}"
-                )
+        _compare_step(report, ar_step, ar, refs)
+        _compare_weights(report, folder, iteration, maps)
     return report
 
 
