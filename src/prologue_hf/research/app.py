@@ -13,7 +13,8 @@ message meant for the person at the browser; :func:`build_app` turns it into a `
 * :func:`prologue_attention`: where the visual tokens of a generated image attend to each prologue token
   (:func:`~prologue_hf.research.analysis.prologue_heatmaps`, paper Fig. 7).
 
-Gradio is imported only inside :func:`build_app` (it is the ``demo`` extra, not a library dependency).
+Gradio is imported only inside :func:`build_app` and its helpers (it is the ``demo`` extra, not a library
+dependency).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -578,6 +580,268 @@ APP_CSS = """
 """
 
 
+def _failing_as_message(fn: Callable) -> Callable:
+    """Bad input -> a gr.Error toast with the message (the server keeps running)."""
+    import gradio as gr
+
+    @functools.wraps(fn)  # gradio reads the signature (the `progress` default) through __wrapped__
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AppInputError as error:
+            raise gr.Error(str(error)) from None
+
+    return wrapped
+
+
+def _progress_fn(progress) -> ProgressFn:
+    return lambda done, total: progress((done, total), desc="sampling tokens", unit="tokens")
+
+
+def _handler_controls(handler_locals: dict) -> dict:
+    # the sampling controls among a handler's parameters, which must be spelled out (see the handlers)
+    return {name: handler_locals[name] for name in CONTROL_NAMES}
+
+
+def _draw_outputs(draw: Draw, kept_prologue: bool) -> tuple:
+    # gallery, prologue ids, message, draw state, next seed, selected image: the outputs of both resample buttons
+    return (
+        gallery_items(draw), format_prologue_ids(draw.prologue_ids), draw_message(draw, kept_prologue), draw,
+        draw.seed + 1, 0,
+    )
+
+
+def _guidance_row(start_controls: dict, segment: str) -> tuple:
+    # one segment's guidance schedule (scale, schedule, power) as a row of controls
+    import gradio as gr
+
+    with gr.Row():
+        return (
+            gr.Number(start_controls[f"{segment}_scale"], label=f"{segment} guidance scale (0 = off)"),
+            gr.Dropdown(
+                list(SCHEDULE_CHOICES), value=start_controls[f"{segment}_schedule"], label=f"{segment} schedule"
+            ),
+            gr.Number(start_controls[f"{segment}_power"], label=f"{segment} cosine power"),
+        )
+
+
+def _sampling_panel(ui: SimpleNamespace, pipeline: ProloguePipeline, has_prologue: bool) -> None:
+    """The left column: class, count, seed, preset, the per-segment sampling controls (``ui.controls``, in
+    :data:`CONTROL_NAMES` order) and the two resample buttons, stored on ``ui``."""
+    import gradio as gr
+
+    names = class_names(pipeline)
+    start_controls = sampling_controls(default_sampling(pipeline))
+    ui.class_box = gr.Dropdown(
+        choices=names,
+        value=names[0],
+        label="class",
+        info="type to search; a typed name or id works too",
+        filterable=True,
+        allow_custom_value=True,
+        elem_id="class",
+    )
+    ui.count_box = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="count")
+    ui.seed_box = gr.Number(
+        value=0, precision=0, minimum=0, label="seed", info="goes up by 1 after every draw", elem_id="seed"
+    )
+    ui.preset_box = gr.Dropdown(
+        choices=preset_names(), value=PIPELINE_DEFAULT, label="sampling preset (paper Table A5)",
+        filterable=True, elem_id="preset",
+    )
+    with gr.Accordion("per-segment sampling controls (used with 'custom')", open=False):
+        prologue_scale, prologue_schedule, prologue_power = _guidance_row(start_controls, "prologue")
+        visual_scale, visual_schedule, visual_power = _guidance_row(start_controls, "visual")
+        with gr.Row():
+            prologue_temperature = gr.Number(start_controls["prologue_temperature"], label="prologue temperature")
+            temperature = gr.Number(start_controls["temperature"], label="visual temperature")
+        with gr.Row():
+            top_k = gr.Number(start_controls["top_k"], precision=0, minimum=0, label="top-k (0 = off)")
+            top_p = gr.Number(start_controls["top_p"], minimum=0, maximum=1, label="top-p (1 = off)")
+    ui.controls = [
+        prologue_scale, prologue_schedule, prologue_power, visual_scale, visual_schedule, visual_power,
+        prologue_temperature, temperature, top_k, top_p,
+    ]
+    with gr.Row():
+        ui.all_button = gr.Button("Resample all", variant="primary", elem_id="resample-all")
+        ui.visual_button = gr.Button(
+            "Resample visual (keep prologue)", interactive=has_prologue, elem_id="resample-visual"
+        )
+
+
+def _samples_panel(ui: SimpleNamespace, has_prologue: bool) -> None:
+    """The message line, the gallery of the last draw and its editable prologue ids, stored on ``ui``."""
+    import gradio as gr
+
+    ui.message = gr.Markdown("Choose a class and press **Resample all**.", elem_id="message")
+    ui.gallery = gr.Gallery(
+        label="samples", columns=4, fit_columns=False, height=320, format="png", elem_id="gallery",
+        object_fit="contain",
+    )
+    ui.prologue_box = gr.Textbox(
+        label="prologue ids (one line per image; edit or paste, then Resample visual)",
+        lines=2,
+        max_lines=MAX_IMAGES,
+        visible=has_prologue,
+        elem_id="prologue-ids",
+    )
+
+
+def _attention_panel(ui: SimpleNamespace, has_prologue: bool) -> None:
+    """The chosen image's index, the attention button and the attention map, stored on ``ui``."""
+    import gradio as gr
+
+    with gr.Row(visible=has_prologue):
+        ui.index_box = gr.Number(
+            value=0, precision=0, minimum=0, label="image # (click a sample)", elem_id="image-index"
+        )
+        ui.attention_button = gr.Button("Attention to the prologue", elem_id="attention")
+    ui.attention_image = gr.Image(
+        label="AR attention: visual tokens -> each prologue token (last 8 layers, heads averaged)",
+        type="pil", format="png", interactive=False, visible=has_prologue, elem_id="attention-map",
+    )
+
+
+def _upload_panel(ui: SimpleNamespace, has_prologue: bool) -> None:
+    """The upload, its reconstruction and prologue ids, and the variations gallery, stored on ``ui``."""
+    import gradio as gr
+
+    with gr.Accordion("Your image: reconstruction, prologue ids and variations", open=True):
+        with gr.Row():
+            ui.upload = gr.Image(
+                label="upload (any size; resized)", type="pil", sources=["upload", "clipboard"], height=256,
+                elem_id="upload",
+            )
+            ui.reconstruction = gr.Image(
+                label="tokenizer reconstruction", type="pil", format="png", interactive=False, height=256,
+                elem_id="reconstruction",
+            )
+            with gr.Column():
+                ui.upload_message = gr.Markdown("Upload an image to tokenize it.", elem_id="upload-message")
+                ui.upload_prologue = gr.Textbox(
+                    label="its prologue ids", interactive=False, elem_id="upload-prologue-ids"
+                )
+                ui.variations_button = gr.Button(
+                    "Variations (its prologue, the chosen class)", interactive=has_prologue,
+                    elem_id="variations-button",
+                )
+        ui.variations = gr.Gallery(
+            label="variations", columns=8, fit_columns=False, height=220, format="png", elem_id="variations",
+            object_fit="contain",
+        )
+
+
+def _wire_sampling_events(ui: SimpleNamespace, pipeline: ProloguePipeline, track, pipeline_call: dict) -> None:
+    """The preset menu (fills the controls) and the two resample buttons."""
+    import gradio as gr
+
+    @_failing_as_message
+    def on_preset(preset):
+        if preset == CUSTOM:  # keep what the person typed
+            return [gr.update() for _ in CONTROL_NAMES]
+        params = default_sampling(pipeline) if preset == PIPELINE_DEFAULT else sampling_from_controls(preset)
+        values = sampling_controls(params)
+        return [values[name] for name in CONTROL_NAMES]
+
+    ui.preset_box.change(on_preset, ui.preset_box, ui.controls, api_name="preset_controls", queue=False)
+
+    # The handlers spell every control out: gradio maps inputs to positional parameters and finds `progress` only
+    # among them (not after *args).
+    @_failing_as_message
+    def on_resample_all(
+        class_value, count, seed, preset, prologue_scale, prologue_schedule, prologue_power, visual_scale,
+        visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
+    ):
+        chosen = _handler_controls(locals())
+        draw = resample_all(pipeline, class_value, count, seed, preset, chosen, _progress_fn(progress))
+        return _draw_outputs(draw, kept_prologue=False)
+
+    draw_targets = [ui.gallery, ui.prologue_box, ui.message, ui.draw_state, ui.seed_box, ui.index_box]
+    ui.all_button.click(
+        on_resample_all,
+        [ui.class_box, ui.count_box, ui.seed_box, ui.preset_box, *ui.controls],
+        draw_targets,
+        api_name="resample_all",
+        **pipeline_call,
+    )
+
+    @_failing_as_message
+    def on_resample_visual(
+        class_value, prologue_text, count, seed, preset, prologue_scale, prologue_schedule, prologue_power,
+        visual_scale, visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
+    ):
+        chosen = _handler_controls(locals())
+        draw = resample_visual(
+            pipeline, class_value, prologue_text, count, seed, preset, chosen, _progress_fn(progress)
+        )
+        return _draw_outputs(draw, kept_prologue=True)
+
+    ui.visual_button.click(
+        on_resample_visual,
+        [ui.class_box, ui.prologue_box, ui.count_box, ui.seed_box, ui.preset_box, *ui.controls],
+        draw_targets,
+        api_name="resample_visual",
+        **pipeline_call,
+    )
+
+
+def _wire_attention_events(ui: SimpleNamespace, pipeline: ProloguePipeline, pipeline_call: dict) -> None:
+    """A click on a sample picks its index; the attention button maps that sample's attention to the prologue."""
+    import gradio as gr
+
+    def on_select(event):
+        return event.index
+
+    # gradio passes the click's SelectData to a parameter annotated with it; the annotation is set here because
+    # string annotations (this module uses postponed evaluation) cannot name the locally imported gradio
+    on_select.__annotations__["event"] = gr.SelectData
+
+    ui.gallery.select(on_select, None, ui.index_box, queue=False, api_visibility="private")
+
+    @_failing_as_message
+    def on_attention(draw, index):
+        return prologue_attention(pipeline, draw, index)
+
+    ui.attention_button.click(
+        on_attention, [ui.draw_state, ui.index_box], ui.attention_image, api_name="attention", **pipeline_call
+    )
+
+
+def _wire_upload_events(ui: SimpleNamespace, pipeline: ProloguePipeline, track, pipeline_call: dict) -> None:
+    """An upload is tokenized (reconstruction, prologue ids); the variations button resamples under its prologue."""
+
+    @_failing_as_message
+    def on_upload(image):
+        if image is None:  # the upload was cleared
+            return None, "", "Upload an image to tokenize it.", None
+        encoded = encode_image(pipeline, image)
+        return encoded.reconstruction, format_prologue_ids(encoded.prologue_ids), encoded.message(), encoded
+
+    ui.upload.change(
+        on_upload, ui.upload, [ui.reconstruction, ui.upload_prologue, ui.upload_message, ui.encoded_state],
+        api_name="encode_image", **pipeline_call,
+    )
+
+    @_failing_as_message
+    def on_variations(
+        encoded, class_value, count, seed, preset, prologue_scale, prologue_schedule, prologue_power, visual_scale,
+        visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
+    ):
+        chosen = _handler_controls(locals())
+        draw = image_variations(
+            pipeline, encoded, class_value, count, seed, preset, chosen, _progress_fn(progress)
+        )
+        return gallery_items(draw), draw_message(draw, True), draw.seed + 1
+
+    ui.variations_button.click(
+        on_variations,
+        [ui.encoded_state, ui.class_box, ui.count_box, ui.seed_box, ui.preset_box, *ui.controls],
+        [ui.variations, ui.upload_message, ui.seed_box],
+        api_name="variations",
+        **pipeline_call,
+    )
+
+
 def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blocks:
     """The Gradio Blocks of the demo, over ``pipeline``. Every event that runs the pipeline shares one concurrency
     group of size 1 (``concurrency_id="pipeline"``): requests queue and the pipeline runs one call at a time.
@@ -587,54 +851,14 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
     """
     import gradio as gr
 
-    vocab = pipeline.ar.config.vocabulary
-    has_prologue = vocab.has_prologue
-    names = class_names(pipeline)
-    start_controls = sampling_controls(default_sampling(pipeline))
+    has_prologue = pipeline.ar.config.vocabulary.has_prologue
     pipeline_call = dict(concurrency_limit=1, concurrency_id="pipeline")
-
     track = gr.Progress()  # gradio finds it as the default of a `progress` argument and feeds the browser's bar
-
-    def failing_as_message(fn):
-        """Bad input -> a gr.Error toast with the message (the server keeps running)."""
-
-        @functools.wraps(fn)  # gradio reads the signature (the `progress` default) through __wrapped__
-        def wrapped(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except AppInputError as error:
-                raise gr.Error(str(error)) from None
-
-        return wrapped
-
-    def progress_fn(progress) -> ProgressFn:
-        return lambda done, total: progress((done, total), desc="sampling tokens", unit="tokens")
-
-    def handler_controls(handler_locals: dict) -> dict:
-        # the sampling controls among a handler's parameters, which must be spelled out (see the handlers)
-        return {name: handler_locals[name] for name in CONTROL_NAMES}
-
-    def draw_outputs(draw: Draw, kept_prologue: bool) -> tuple:
-        # gallery, prologue ids, message, draw state, next seed, selected image: the outputs of both resample buttons
-        return (
-            gallery_items(draw), format_prologue_ids(draw.prologue_ids), draw_message(draw, kept_prologue), draw,
-            draw.seed + 1, 0,
-        )
-
-    def guidance_row(segment: str) -> tuple:
-        # one segment's guidance schedule (scale, schedule, power) as a row of controls
-        with gr.Row():
-            return (
-                gr.Number(start_controls[f"{segment}_scale"], label=f"{segment} guidance scale (0 = off)"),
-                gr.Dropdown(
-                    list(SCHEDULE_CHOICES), value=start_controls[f"{segment}_schedule"], label=f"{segment} schedule"
-                ),
-                gr.Number(start_controls[f"{segment}_power"], label=f"{segment} cosine power"),
-            )
+    ui = SimpleNamespace()  # the widgets, by name, shared by the panel builders and the event wiring
 
     with gr.Blocks(title="Prologue", analytics_enabled=False) as app:
-        draw_state = gr.State(None)
-        encoded_state = gr.State(None)
+        ui.draw_state = gr.State(None)
+        ui.encoded_state = gr.State(None)
         gr.Markdown(
             f"## Prologue: class-conditional autoregressive image generation\n"
             f"`{pipeline_name}`: {describe_pipeline(pipeline)}. The AR samples K prologue tokens, then the visual "
@@ -643,182 +867,14 @@ def build_app(pipeline: ProloguePipeline, pipeline_name: str = "") -> gradio.Blo
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=300):
-                class_box = gr.Dropdown(
-                    choices=names,
-                    value=names[0],
-                    label="class",
-                    info="type to search; a typed name or id works too",
-                    filterable=True,
-                    allow_custom_value=True,
-                    elem_id="class",
-                )
-                count_box = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="count")
-                seed_box = gr.Number(
-                    value=0, precision=0, minimum=0, label="seed", info="goes up by 1 after every draw", elem_id="seed"
-                )
-                preset_box = gr.Dropdown(
-                    choices=preset_names(), value=PIPELINE_DEFAULT, label="sampling preset (paper Table A5)",
-                    filterable=True, elem_id="preset",
-                )
-                with gr.Accordion("per-segment sampling controls (used with 'custom')", open=False):
-                    prologue_scale, prologue_schedule, prologue_power = guidance_row("prologue")
-                    visual_scale, visual_schedule, visual_power = guidance_row("visual")
-                    with gr.Row():
-                        prologue_temperature = gr.Number(
-                            start_controls["prologue_temperature"], label="prologue temperature"
-                        )
-                        temperature = gr.Number(start_controls["temperature"], label="visual temperature")
-                    with gr.Row():
-                        top_k = gr.Number(start_controls["top_k"], precision=0, minimum=0, label="top-k (0 = off)")
-                        top_p = gr.Number(start_controls["top_p"], minimum=0, maximum=1, label="top-p (1 = off)")
-                controls = [
-                    prologue_scale, prologue_schedule, prologue_power, visual_scale, visual_schedule, visual_power,
-                    prologue_temperature, temperature, top_k, top_p,
-                ]
-                with gr.Row():
-                    all_button = gr.Button("Resample all", variant="primary", elem_id="resample-all")
-                    visual_button = gr.Button(
-                        "Resample visual (keep prologue)", interactive=has_prologue, elem_id="resample-visual"
-                    )
+                _sampling_panel(ui, pipeline, has_prologue)
             with gr.Column(scale=2):
-                message = gr.Markdown("Choose a class and press **Resample all**.", elem_id="message")
-                gallery = gr.Gallery(
-                    label="samples", columns=4, fit_columns=False, height=320, format="png", elem_id="gallery",
-                    object_fit="contain",
-                )
-                prologue_box = gr.Textbox(
-                    label="prologue ids (one line per image; edit or paste, then Resample visual)",
-                    lines=2,
-                    max_lines=MAX_IMAGES,
-                    visible=has_prologue,
-                    elem_id="prologue-ids",
-                )
-                with gr.Row(visible=has_prologue):
-                    index_box = gr.Number(
-                        value=0, precision=0, minimum=0, label="image # (click a sample)", elem_id="image-index"
-                    )
-                    attention_button = gr.Button("Attention to the prologue", elem_id="attention")
-                attention_image = gr.Image(
-                    label="AR attention: visual tokens -> each prologue token (last 8 layers, heads averaged)",
-                    type="pil", format="png", interactive=False, visible=has_prologue, elem_id="attention-map",
-                )
-        with gr.Accordion("Your image: reconstruction, prologue ids and variations", open=True):
-            with gr.Row():
-                upload = gr.Image(
-                    label="upload (any size; resized)", type="pil", sources=["upload", "clipboard"], height=256,
-                    elem_id="upload",
-                )
-                reconstruction = gr.Image(
-                    label="tokenizer reconstruction", type="pil", format="png", interactive=False, height=256,
-                    elem_id="reconstruction",
-                )
-                with gr.Column():
-                    upload_message = gr.Markdown("Upload an image to tokenize it.", elem_id="upload-message")
-                    upload_prologue = gr.Textbox(label="its prologue ids", interactive=False, elem_id="upload-prologue-ids")
-                    variations_button = gr.Button(
-                        "Variations (its prologue, the chosen class)", interactive=has_prologue, elem_id="variations-button"
-                    )
-            variations = gr.Gallery(
-                label="variations", columns=8, fit_columns=False, height=220, format="png", elem_id="variations",
-                object_fit="contain",
-            )
-
-        # -------------------------------------------------------------- events
-        @failing_as_message
-        def on_preset(preset):
-            if preset == CUSTOM:  # keep what the person typed
-                return [gr.update() for _ in CONTROL_NAMES]
-            params = default_sampling(pipeline) if preset == PIPELINE_DEFAULT else sampling_from_controls(preset)
-            values = sampling_controls(params)
-            return [values[name] for name in CONTROL_NAMES]
-
-        preset_box.change(on_preset, preset_box, controls, api_name="preset_controls", queue=False)
-
-        # The handlers spell every control out: gradio maps inputs to positional parameters and finds `progress` only
-        # among them (not after *args).
-        @failing_as_message
-        def on_resample_all(
-            class_value, count, seed, preset, prologue_scale, prologue_schedule, prologue_power, visual_scale,
-            visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
-        ):
-            chosen = handler_controls(locals())
-            draw = resample_all(pipeline, class_value, count, seed, preset, chosen, progress_fn(progress))
-            return draw_outputs(draw, kept_prologue=False)
-
-        all_button.click(
-            on_resample_all,
-            [class_box, count_box, seed_box, preset_box, *controls],
-            [gallery, prologue_box, message, draw_state, seed_box, index_box],
-            api_name="resample_all",
-            **pipeline_call,
-        )
-
-        @failing_as_message
-        def on_resample_visual(
-            class_value, prologue_text, count, seed, preset, prologue_scale, prologue_schedule, prologue_power,
-            visual_scale, visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
-        ):
-            chosen = handler_controls(locals())
-            draw = resample_visual(
-                pipeline, class_value, prologue_text, count, seed, preset, chosen, progress_fn(progress)
-            )
-            return draw_outputs(draw, kept_prologue=True)
-
-        visual_button.click(
-            on_resample_visual,
-            [class_box, prologue_box, count_box, seed_box, preset_box, *controls],
-            [gallery, prologue_box, message, draw_state, seed_box, index_box],
-            api_name="resample_visual",
-            **pipeline_call,
-        )
-
-        def on_select(event):
-            return event.index
-
-        # gradio passes the click's SelectData to a parameter annotated with it; the annotation is set here because
-        # string annotations (this module uses postponed evaluation) cannot name the locally imported gradio
-        on_select.__annotations__["event"] = gr.SelectData
-
-        gallery.select(on_select, None, index_box, queue=False, api_visibility="private")
-
-        @failing_as_message
-        def on_attention(draw, index):
-            return prologue_attention(pipeline, draw, index)
-
-        attention_button.click(
-            on_attention, [draw_state, index_box], attention_image, api_name="attention", **pipeline_call
-        )
-
-        @failing_as_message
-        def on_upload(image):
-            if image is None:  # the upload was cleared
-                return None, "", "Upload an image to tokenize it.", None
-            encoded = encode_image(pipeline, image)
-            return encoded.reconstruction, format_prologue_ids(encoded.prologue_ids), encoded.message(), encoded
-
-        upload.change(
-            on_upload, upload, [reconstruction, upload_prologue, upload_message, encoded_state], api_name="encode_image",
-            **pipeline_call,
-        )
-
-        @failing_as_message
-        def on_variations(
-            encoded, class_value, count, seed, preset, prologue_scale, prologue_schedule, prologue_power, visual_scale,
-            visual_schedule, visual_power, prologue_temperature, temperature, top_k, top_p, progress=track,
-        ):
-            chosen = handler_controls(locals())
-            draw = image_variations(
-                pipeline, encoded, class_value, count, seed, preset, chosen, progress_fn(progress)
-            )
-            return gallery_items(draw), draw_message(draw, True), draw.seed + 1
-
-        variations_button.click(
-            on_variations,
-            [encoded_state, class_box, count_box, seed_box, preset_box, *controls],
-            [variations, upload_message, seed_box],
-            api_name="variations",
-            **pipeline_call,
-        )
+                _samples_panel(ui, has_prologue)
+                _attention_panel(ui, has_prologue)
+        _upload_panel(ui, has_prologue)
+        _wire_sampling_events(ui, pipeline, track, pipeline_call)
+        _wire_attention_events(ui, pipeline, pipeline_call)
+        _wire_upload_events(ui, pipeline, track, pipeline_call)
 
     app.queue(default_concurrency_limit=1)
     return app
