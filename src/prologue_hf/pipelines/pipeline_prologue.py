@@ -765,7 +765,10 @@ def prologue_model_card(
     'prologue-hf'
     """
     data = ModelCardData(
-        library_name="prologue-hf", license=license, pipeline_tag="unconditional-image-generation", tags=list(_CARD_TAGS)
+        library_name="prologue-hf",
+        license=license,
+        pipeline_tag="unconditional-image-generation",
+        tags=list(_CARD_TAGS),
     )
     text = (f"---\n{data.to_yaml()}\n---\n\n# {repo_id or 'ProloguePipeline'}\n\n{_card_description(pipeline)}\n\n"
             f"{_card_usage(pipeline, repo_id, subfolder)}\n\n{_CARD_CITATION}")
