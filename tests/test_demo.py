@@ -58,3 +58,9 @@ def test_demo_end_to_end_miniature(tmp_path):
     assert pipe.tokenizer.config.prologue_temperature == 0.5  # DemoConfig's tau reaches the trained tokenizer
     here = pipe([3, 5], generator=torch.Generator().manual_seed(7), output_type="np").images
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), here)
+
+    # a second `make demo` into the same folder starts over (the demo owns its output folder; the trainers' guard
+    # against mixing two runs must not stop it)
+    again = run_demo(config)
+    assert json.loads((out / "report.json").read_text())["config"] == saved["config"]
+    assert math.isfinite(again["reconstruction_l1"])

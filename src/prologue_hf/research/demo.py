@@ -141,6 +141,7 @@ def _stage1(config: DemoConfig, train_dir: str, out: str):
     data_args = ImageDataArguments(train_data=train_dir, random_crop=False, hflip=True)
     training_args = PrologueTokenizerTrainingArguments(
         output_dir=out,
+        overwrite_output_dir=True,  # the demo owns its output folder: a second `make demo` starts over
         max_steps=config.stage1_steps,
         per_device_train_batch_size=config.stage1_batch_size,
         learning_rate=config.stage1_learning_rate,
@@ -176,6 +177,7 @@ def _stage2(config: DemoConfig, tokens_dir: str, tokenizer_dir: str, out: str):
     )
     training_args = PrologueARTrainingArguments(
         output_dir=out,
+        overwrite_output_dir=True,  # the demo owns its output folder: a second `make demo` starts over
         max_steps=config.stage2_steps,
         per_device_train_batch_size=config.stage2_batch_size,
         learning_rate=config.stage2_learning_rate,
