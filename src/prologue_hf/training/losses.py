@@ -320,7 +320,9 @@ def prologue_ar_loss(
         raise ValueError(f"logits must have shape [B, {length}, vocab], got {list(logits.shape)}")
     targets = input_ids[:, 1:]  # [B, T]
     scores = logits[:, :-1].float()  # [B, T, vocab]
-    token_loss = F.cross_entropy(scores.transpose(1, 2), targets, reduction="none")  # [B, T]
+    # rows of [B * T, vocab]: the softmax runs over contiguous rows (the [B, vocab, T] layout made it copy and stride)
+    token_loss = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), reduction="none")
+    token_loss = token_loss.view_as(targets)  # [B, T]
     if soft_prologue_targets is not None:
         positions = vocabulary.segment_positions.get("prologue")
         if positions is None:
@@ -334,8 +336,19 @@ def prologue_ar_loss(
         soft_ce = -(soft_prologue_targets.float() * log_probs).sum(-1)  # [B, K]
         token_loss = torch.cat([token_loss[:, : positions.start], soft_ce, token_loss[:, positions.stop :]], dim=1)
     correct = scores.argmax(-1) == targets
-    segments = vocabulary.segment_ids(logits.device)  # [T]
-    weights = torch.as_tensor(segment_weights, dtype=token_loss.dtype, device=logits.device)[segments]  # [T]
+    return _segment_weighted_loss(token_loss, correct, targets, vocabulary, segment_weights)
+
+
+def _segment_weighted_loss(
+    token_loss: torch.Tensor,
+    correct: torch.Tensor,
+    targets: torch.Tensor,
+    vocabulary: PrologueVocabulary,
+    segment_weights: tuple[float, float, float],
+) -> PrologueARLossOutput:
+    """The weighted mean of ``token_loss`` ``[B, T]`` and its per-segment statistics (shared by both AR losses)."""
+    segments = vocabulary.segment_ids(token_loss.device)  # [T]
+    weights = torch.as_tensor(segment_weights, dtype=token_loss.dtype, device=token_loss.device)[segments]  # [T]
     loss = (token_loss * weights).sum() / token_loss.numel()
     with torch.no_grad():
         one_hot = F.one_hot(segments, len(SEGMENTS)).to(token_loss.dtype)  # [T, 3]
@@ -345,6 +358,101 @@ def prologue_ar_loss(
         )  # [3, 3]
     return PrologueARLossOutput(loss=loss, token_loss=token_loss, correct=correct, segment_stats=stats)
 
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """Per-row CE of ``hidden @ weight.T`` without keeping the logits: the forward pass turns each chunk of logit rows
+    into ``softmax - onehot`` in place (the gradient of the CE with respect to the logits) and the backward pass only
+    scales it by the incoming per-row gradient and runs the head's two matrix products. Same products and dtypes as
+    ``F.linear`` under autocast followed by ``F.cross_entropy`` on ``.float()`` logits; what it saves is the
+    elementwise passes over the ``[rows, vocab]`` logits (float copy, log-softmax and its backward, the bf16 cast of
+    the gradient) and their memory."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype, chunk_rows):
+        with torch.autocast(hidden.device.type, enabled=False):
+            hidden_c, weight_c = hidden.to(compute_dtype), weight.to(compute_dtype)
+            logits = F.linear(hidden_c, weight_c)  # [M, V] in the compute dtype
+            rows = logits.shape[0]
+            # the CE gradient lives in float32 (as the float logits' gradient of the plain path); with float32
+            # logits it overwrites them
+            grad = logits if logits.dtype == torch.float32 else torch.empty(rows, logits.shape[1], device=logits.device)
+            token_loss = torch.empty(rows, dtype=torch.float32, device=logits.device)
+            correct = torch.empty(rows, dtype=torch.bool, device=logits.device)
+            for start in range(0, rows, chunk_rows):
+                part = slice(start, start + chunk_rows)
+                scores, target = logits[part].float(), targets[part, None]  # [c, V], [c, 1]
+                correct[part] = scores.argmax(-1) == target[:, 0]
+                log_norm = torch.logsumexp(scores, -1, keepdim=True)  # [c, 1]
+                token_loss[part] = (log_norm - scores.gather(1, target))[:, 0]
+                chunk_grad = grad[part]
+                torch.exp(torch.sub(scores, log_norm, out=chunk_grad), out=chunk_grad)  # softmax
+                chunk_grad.scatter_add_(1, target, chunk_grad.new_full(target.shape, -1.0))  # - onehot
+        ctx.save_for_backward(hidden_c, weight_c, grad)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        ctx.used = False
+        ctx.mark_non_differentiable(correct)
+        return token_loss, correct
+
+    @staticmethod
+    def backward(ctx, grad_token_loss, grad_correct):
+        if ctx.used:
+            raise RuntimeError("the fused head cross-entropy scales its saved gradient in place: backward runs once")
+        ctx.used = True
+        hidden_c, weight_c, grad = ctx.saved_tensors
+        with torch.autocast(hidden_c.device.type, enabled=False):
+            grad_logits = grad.mul_(grad_token_loss[:, None]).to(hidden_c.dtype)  # [M, V]
+            grad_hidden = grad_weight = None
+            if ctx.needs_input_grad[0]:
+                grad_hidden = (grad_logits @ weight_c).to(ctx.dtypes[0])
+            if ctx.needs_input_grad[1]:
+                grad_weight = (grad_logits.t() @ hidden_c).to(ctx.dtypes[1])
+        return grad_hidden, grad_weight, None, None, None
+
+
+def prologue_ar_loss_from_hidden(
+    hidden_states: torch.Tensor,
+    head_weight: torch.Tensor,
+    input_ids: torch.Tensor,
+    vocabulary: PrologueVocabulary,
+    segment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    chunk_rows: int = 64,
+) -> PrologueARLossOutput:
+    """:func:`prologue_ar_loss` of ``logits = hidden_states @ head_weight.T`` (a bias-free LM head), computed without
+    materialising the logits: the head runs on the predicting positions only (not the last one) and the
+    cross-entropy is fused with it (:class:`_HeadCrossEntropy`). The same loss, per-token CE, top-1 hits and segment
+    statistics as the plain path within float rounding, and the same gradients for ``hidden_states`` and
+    ``head_weight``; under autocast the head's products run in the autocast dtype as ``F.linear`` would.
+
+    Args:
+        hidden_states: ``[B, 1 + K + 1 + N, hidden]``, the decoder's final (normed) hidden states.
+        head_weight: ``[vocab, hidden]``, the LM head's weight.
+        input_ids, vocabulary, segment_weights: as :func:`prologue_ar_loss`.
+        chunk_rows: logit rows turned into CE gradients at a time (memory of the float32 work buffer).
+
+    ``backward`` may run once through the result (the saved gradient is scaled in place). No logits are returned.
+    """
+    length = vocabulary.sequence_length
+    if input_ids.ndim != 2 or input_ids.shape[1] != length:
+        raise ValueError(f"input_ids must have shape [B, {length}], got {list(input_ids.shape)}")
+    if hidden_states.ndim != 3 or hidden_states.shape[:2] != input_ids.shape:
+        raise ValueError(f"hidden_states must have shape [B, {length}, hidden], got {list(hidden_states.shape)}")
+    if head_weight.ndim != 2 or head_weight.shape[1] != hidden_states.shape[-1]:
+        raise ValueError(
+            f"head_weight must have shape [vocab, {hidden_states.shape[-1]}], got {list(head_weight.shape)}"
+        )
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    device_type = hidden_states.device.type
+    if torch.is_autocast_enabled(device_type) and torch.is_floating_point(hidden_states):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = torch.promote_types(hidden_states.dtype, head_weight.dtype)
+    targets = input_ids[:, 1:]  # [B, T]
+    hidden = hidden_states[:, :-1].reshape(-1, hidden_states.shape[-1])  # [B * T, hidden]
+    token_loss, correct = _HeadCrossEntropy.apply(hidden, head_weight, targets.reshape(-1), compute_dtype, chunk_rows)
+    return _segment_weighted_loss(
+        token_loss.view_as(targets), correct.view_as(targets), targets, vocabulary, segment_weights
+    )
 
 # ============================================================================================ routed AR loss
 def prepare_class_labels(labels: torch.Tensor | None, batch_size: int, num_classes: int, drop_prob: float, device) -> torch.Tensor:
@@ -457,6 +565,7 @@ __all__ = [
     "PrologueARLossOutput",
     "RoutedARLossOutput",
     "prologue_ar_loss",
+    "prologue_ar_loss_from_hidden",
     "routed_ar_loss",
     "prepare_class_labels",
     "discriminator_loss",

@@ -37,7 +37,7 @@ from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerM
 from ..vocabulary import SEGMENTS, PrologueVocabulary
 from .ema import ModelEMA
 from .launch import accelerate_requested, check_distributed_launch
-from .losses import prepare_class_labels, prologue_ar_loss
+from .losses import prepare_class_labels, prologue_ar_loss, prologue_ar_loss_from_hidden
 from .pretokenize import PretokenizedInfo
 from .recipe import (
     EMA_DIR,
@@ -125,6 +125,11 @@ class PrologueARTrainingArguments(RecipeTrainingArguments):
             half-life in optimizer steps (official ``ar_ema_halflife: 2500``); ``None`` = no EMA. Saved as ``ema/``
             in each checkpoint. Not with FSDP or DeepSpeed (sharded parameters).
         sample_steps: write a sample grid every this many steps (needs an image tokenizer; 0 = never).
+        fused_head_loss: compute the training loss with
+            :func:`~prologue_hf.training.losses.prologue_ar_loss_from_hidden` (the LM head fused into the
+            cross-entropy, on the predicting positions only: no ``[B, T, vocab]`` logits are kept; same loss and
+            gradients within float rounding) whenever the model reaches ``compute_loss`` unwrapped; wrapped models
+            (DDP, ``torch.compile``) and calls that return outputs take the plain ``model(...).logits`` path.
     """
 
     adam_beta2: float = field(default=0.96, metadata={"help": "AdamW beta2 (paper stage 2: 0.96)."})
@@ -143,6 +148,13 @@ class PrologueARTrainingArguments(RecipeTrainingArguments):
     decay_embeddings: bool = field(default=False, metadata={"help": "Weight-decay the token embedding too."})
     ema_halflife_steps: float | None = field(default=None, metadata={"help": "EMA half-life in steps (None: off)."})
     sample_steps: int = field(default=0, metadata={"help": "Sample-grid period in steps (0: off)."})
+    fused_head_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Training loss with the LM head fused into the cross-entropy (no [B, T, vocab] logits; same "
+            "values and gradients as the plain path). Used when the model is not wrapped (DDP, torch.compile)."
+        },
+    )
 
     def __post_init__(self):
         if not 0.0 <= self.class_dropout_prob <= 1.0:
@@ -294,8 +306,19 @@ class PrologueARTrainer(RecipeTrainerMixin, Trainer):
         if model.training and self.args.class_dropout_prob > 0:
             class_labels = self._class_dropout(class_labels)
         input_ids = self.vocabulary.build_sequence(class_labels, inputs["visual_ids"], inputs.get("prologue_ids"))
-        outputs = model(input_ids=input_ids, use_cache=False)
-        result = prologue_ar_loss(outputs.logits, input_ids, self.vocabulary, self.args.segment_weights)
+        outputs = None
+        fused = self.args.fused_head_loss and not return_outputs and isinstance(model, PrologueARForCausalLM)
+        if fused and model.lm_head.bias is None:
+            # the decoder stack, then head + CE fused: the [B, T, vocab] logits are never stored (same math).
+            # accelerate puts mixed precision on the prepared model's forward, which this bypasses: same autocast here
+            with self.accelerator.autocast():
+                hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+                result = prologue_ar_loss_from_hidden(
+                    hidden, model.lm_head.weight, input_ids, self.vocabulary, self.args.segment_weights
+                )
+        else:
+            outputs = model(input_ids=input_ids, use_cache=False)
+            result = prologue_ar_loss(outputs.logits, input_ids, self.vocabulary, self.args.segment_weights)
         key = "train" if model.training else "eval"
         stats = result.segment_stats.detach()
         self._stats[key] = stats if self._stats[key] is None else self._stats[key] + stats
