@@ -35,10 +35,11 @@ OFFICIAL_AR = {**TINY_AR_KWARGS, "tie_word_embeddings": False, "use_qk_norm": Tr
 pytestmark = pytest.mark.usefixtures("one_thread")  # shared CPUs: see conftest.one_thread
 
 
-def _trainer(tmp_path, image_dir, name, *, gan=True, **arg_overrides):
-    loss_config = PrologueStage1LossConfig(
-        perceptual_loss="none", gan_weight=0.1 if gan else 0.0, lecam_weight=0.0, r1_weight=0.0, ar_label_drop_prob=0.5,
-    )
+def _trainer(tmp_path, image_dir, name, *, gan=True, loss=None, **arg_overrides):
+    loss_config = PrologueStage1LossConfig(**{
+        "perceptual_loss": "none", "gan_weight": 0.1 if gan else 0.0, "lecam_weight": 0.0, "r1_weight": 0.0,
+        "ar_label_drop_prob": 0.5, **(loss or {}),
+    })
     model_args = PrologueStage1ModelArguments(
         tokenizer_overrides=json.dumps(TINY_TOKENIZER_KWARGS),
         compact_ar_overrides=json.dumps(OFFICIAL_AR),
@@ -137,14 +138,6 @@ def test_bad_official_settings(tmp_path):
     with pytest.raises(ValueError, match="official_parametrization_init"):
         PrologueTokenizerTrainingArguments(output_dir=str(tmp_path), official_parametrization_init="x", report_to="none")
     loss_config = PrologueStage1LossConfig(perceptual_loss="none", gan_weight=0.0)
-    model_args = PrologueStage1ModelArguments(
-        tokenizer_overrides=json.dumps(TINY_TOKENIZER_KWARGS), compact_ar_overrides=json.dumps(OFFICIAL_AR), num_classes=2
-    )
-    args = PrologueTokenizerTrainingArguments(
-        output_dir=str(tmp_path / "x"), report_to="none", use_cpu=True, training_mode="official", gradient_accumulation_steps=2
-    )
-    with pytest.raises(NotImplementedError, match="gradient_accumulation_steps=1"):
-        OfficialPrologueTokenizerTrainer(model=build_stage1_model(model_args, loss_config), args=args)
     plain_ar = PrologueStage1ModelArguments(
         tokenizer_overrides=json.dumps(TINY_TOKENIZER_KWARGS), compact_ar_overrides=json.dumps(TINY_AR_KWARGS), num_classes=2
     )
@@ -153,14 +146,19 @@ def test_bad_official_settings(tmp_path):
         OfficialPrologueTokenizerTrainer(model=build_stage1_model(plain_ar, loss_config), args=args)
 
 
-def test_post_refuses_official_mode(tmp_path):
-    from prologue_hf.testing import tiny_ar
-    from prologue_hf.testing_post import tiny_post_model
-    from prologue_hf.training.stage1_model import ProloguePostLossConfig, ProloguePostStage1Model
-    from prologue_hf.training.trainer_post import ProloguePostTrainer
-
-    post = tiny_post_model()
-    model = ProloguePostStage1Model(post, tiny_ar(post.config).train(), ProloguePostLossConfig())
-    args = PrologueTokenizerTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, training_mode="official")
-    with pytest.raises(NotImplementedError, match="Prologue-Post"):
-        ProloguePostTrainer(model, args)
+def test_gradient_accumulation_equals_the_big_batch(tmp_path, image_dir):
+    # deterministic draws (no visual dropout, every class dropped), so only the batching differs: n micro-batches of
+    # encoder steps, one encoder update, their n AR steps on the cached ids, one AR update
+    loss = {"visual_dropout": 0.0, "ar_label_drop_prob": 1.0}
+    big = _trainer(tmp_path, image_dir, "big", gan=False, loss=loss, max_steps=2)
+    big.train()
+    small = _trainer(tmp_path, image_dir, "small", gan=False, loss=loss, max_steps=2, per_device_train_batch_size=2,
+                     gradient_accumulation_steps=2)
+    small.train()
+    for key, value in big.stage1_model.state_dict().items():
+        torch.testing.assert_close(small.stage1_model.state_dict()[key], value, rtol=0, atol=5e-6, msg=key)
+    # with a discriminator: it accumulates too and steps once per optimizer step
+    gan = _trainer(tmp_path, image_dir, "gan", max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    gan.train()
+    steps = {float(s["step"]) for s in gan.discriminator_optimizer.state_dict()["state"].values()}
+    assert steps == {2.0}

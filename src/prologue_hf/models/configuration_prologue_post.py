@@ -8,6 +8,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .configuration_prologue_tokenizer import (
+    CODEBOOK_INITS,
     PrologueTokenizerConfig,
     default_intermediate_size,
     normalize_config_fields,
@@ -51,6 +52,8 @@ class ProloguePostConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         rope_axes_dim: RoPE channels per axis ``(row, col, index)``; sums to the head dim.
         patch_rope_theta, query_rope_theta: RoPE bases of grid positions (2000) and queries (10000), as the tokenizer.
         layer_scale_init: initial value of the residual gates (official init 1e-5).
+        codebook_init: init of the prologue codebook: ``"normal"`` N(0, 1) or ``"simvq"`` N(0, 1/codebook_dim) (the
+            official ``SemanticQuantizer.codebook_init``); as :class:`PrologueTokenizerConfig`.
         dropout, attention_dropout: ViT dropouts.
     """
 
@@ -78,6 +81,7 @@ class ProloguePostConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     patch_rope_theta: float | int = 2000.0
     query_rope_theta: float | int = 10000.0
     layer_scale_init: float | int = 1e-5
+    codebook_init: str = "normal"
     dropout: float | int = 0.0
     attention_dropout: float | int = 0.0
     initializer_range: float | int = 0.02
@@ -87,6 +91,8 @@ class ProloguePostConfig(RemoteCodeConfigMixin, PreTrainedConfig):
         self.rope_axes_dim = list(self.rope_axes_dim)
         if self.intermediate_size is None:
             self.intermediate_size = default_intermediate_size(self.hidden_size)
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.num_prologue_tokens < 1:

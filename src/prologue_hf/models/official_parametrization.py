@@ -6,8 +6,8 @@ label is a constant, so the converter folds each of them into a plain vector (:m
 For *training* the two forms are not the same: AdamW moves ``W``, ``b`` and ``c`` separately, and a gate made of
 ``dim x cond_dim + dim`` parameters driven by a ~unit-norm ``c`` grows far faster than one plain vector
 (issue 15: |g| 0.28 vs 0.010 after 100 steps). This module re-creates the official parameters on
-:class:`~prologue_hf.PrologueTokenizerModel` and :class:`~prologue_hf.PrologueARForCausalLM` with
-``torch.nn.utils.parametrize``: the model classes stay the same, each folded tensor becomes a function of the official
+:class:`~prologue_hf.PrologueTokenizerModel`, the prologue encoder of :class:`~prologue_hf.ProloguePostModel` and
+:class:`~prologue_hf.PrologueARForCausalLM` with ``torch.nn.utils.parametrize``: the model classes stay the same, each folded tensor becomes a function of the official
 tensors, and :func:`fold_official_parametrization` turns the trained model back into a plain one (the form
 ``save_pretrained`` and the pipelines use).
 
@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .modeling_prologue_ar import PrologueARForCausalLM
+from .modeling_prologue_post import ProloguePostModel
 from .modeling_prologue_tokenizer import PrologueTokenizerModel
 
 # The official init of every gate and AdaRMSNorm affine (models.py ``init_weight=1e-5``) and of a Linear (trunc N(0, 0.02)).
@@ -274,6 +275,33 @@ def _parametrize_vit_stack(
             out.add(f"{p}gate_mlp.bias", _identity(_original(block, "gate_mlp")))
 
 
+def _parametrize_official_encoder(
+    encoder: nn.Module,
+    prefix: str,
+    quantizers: list[tuple[str, nn.Module]],
+    cond_dim: int,
+    num_labels: int,
+    gate_bias: bool,
+) -> OfficialParameterMap:
+    """Parametrize an encoder ViT (:class:`~prologue_hf.models.layers.PrologueViTEncoder`) and map it with the
+    quantizers reading its output, in the official ``named_parameters()`` order of one official ``Transformer``
+    (``learnable_query``, layers, ``cond_proj``, ``input_layer``) followed by each quantizer's tensors. The condition
+    becomes ``encoder.condition``."""
+    encoder.condition = NullCondition(num_labels, cond_dim)
+    out = OfficialParameterMap()
+    if encoder.queries is not None:
+        out.add(f"{prefix}learnable_query", _identity(_param(encoder, "queries")))
+    _parametrize_vit_stack(encoder, encoder.condition, prefix, out, gate_bias)
+    _condition_slots(out, prefix, encoder.condition)
+    out.add(f"{prefix}input_layer.weight", _identity(_param(encoder.input_layer, "weight")))
+    out.add(f"{prefix}input_layer.bias", _identity(_param(encoder.input_layer, "bias")))
+    for official, quantizer in quantizers:
+        out.add(f"{official}.proj_in.weight", _identity(_param(quantizer.proj_in, "weight")))
+        out.add(f"{official}.proj_in.bias", _identity(_param(quantizer.proj_in, "bias")))
+        out.add(f"{official}.embedding.weight", _identity(_param(quantizer.embedding, "weight")))
+    return out
+
+
 def parametrize_official_tokenizer(
     tokenizer: PrologueTokenizerModel, cond_dim: int, num_labels: int, gate_bias: bool = True
 ) -> tuple[OfficialParameterMap, OfficialParameterMap]:
@@ -290,25 +318,13 @@ def parametrize_official_tokenizer(
         raise NotImplementedError("the official training parameterisation is implemented for 'prologue' and '2d' tokenizers")
     if any(parametrize.is_parametrized(m) for m in tokenizer.modules()):
         raise ValueError("tokenizer is already parametrized (call fold_official_parametrization first)")
-    encoder, decoder = tokenizer.encoder, tokenizer.decoder
-    encoder.condition = NullCondition(num_labels, cond_dim)
-    decoder.condition = NullCondition(num_labels, cond_dim)
-
-    enc = OfficialParameterMap()
-    if encoder.queries is not None:
-        enc.add("enc.learnable_query", _identity(_param(encoder, "queries")))
-    _parametrize_vit_stack(encoder, encoder.condition, "enc.", enc, gate_bias)
-    _condition_slots(enc, "enc.", encoder.condition)
-    enc.add("enc.input_layer.weight", _identity(_param(encoder.input_layer, "weight")))
-    enc.add("enc.input_layer.bias", _identity(_param(encoder.input_layer, "bias")))
     quantizers = [("quantizer", tokenizer.visual_quantizer)]
     if tokenizer.prologue_quantizer is not None:
         quantizers.append(("semantic_quantizer", tokenizer.prologue_quantizer))
-    for official, quantizer in quantizers:
-        enc.add(f"{official}.proj_in.weight", _identity(_param(quantizer.proj_in, "weight")))
-        enc.add(f"{official}.proj_in.bias", _identity(_param(quantizer.proj_in, "bias")))
-        enc.add(f"{official}.embedding.weight", _identity(_param(quantizer.embedding, "weight")))
+    enc = _parametrize_official_encoder(tokenizer.encoder, "enc.", quantizers, cond_dim, num_labels, gate_bias)
 
+    decoder = tokenizer.decoder
+    decoder.condition = NullCondition(num_labels, cond_dim)
     dec = OfficialParameterMap()
     _parametrize_vit_stack(decoder, decoder.condition, "dec.", dec, gate_bias)
     dim = decoder.norm.weight.shape[0]
@@ -321,6 +337,19 @@ def parametrize_official_tokenizer(
     dec.add("dec.input_layer.weight", _identity(_param(decoder.input_layer, "weight")))
     dec.add("dec.input_layer.bias", _identity(_param(decoder.input_layer, "bias")))
     return enc, dec
+
+
+def parametrize_official_post(
+    post: ProloguePostModel, cond_dim: int, num_labels: int, gate_bias: bool = True
+) -> OfficialParameterMap:
+    """Give a :class:`~prologue_hf.ProloguePostModel` the official parameterisation of its prologue encoder, in
+    place; returns its map (official names ``semantic_enc.*`` and ``semantic_quantizer.*``: the parameters the
+    official Prologue-Post run optimises, ``Encoder.semantic_parameters()``). The frozen visual tokenizer is not a
+    submodule and is left alone. The condition becomes ``post.prologue_encoder.condition``."""
+    if any(parametrize.is_parametrized(m) for m in post.modules()):
+        raise ValueError("post is already parametrized (call fold_official_parametrization first)")
+    quantizers = [("semantic_quantizer", post.prologue_quantizer)]
+    return _parametrize_official_encoder(post.prologue_encoder, "semantic_enc.", quantizers, cond_dim, num_labels, gate_bias)
 
 
 # --------------------------------------------------------------------------------------------------------------- AR
@@ -454,7 +483,7 @@ def folded_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def folded_copy(model: PrologueTokenizerModel | PrologueARForCausalLM) -> nn.Module:
+def folded_copy(model: PrologueTokenizerModel | ProloguePostModel | PrologueARForCausalLM) -> nn.Module:
     """A new plain model (same class and config) holding :func:`folded_state_dict` of ``model``; ``model`` and any
     deep copy of it are untouched (``fold_official_parametrization`` on a deep copy would not be: the parametrized
     classes are shared between copies)."""
@@ -463,7 +492,11 @@ def folded_copy(model: PrologueTokenizerModel | PrologueARForCausalLM) -> nn.Mod
     plain.load_state_dict(folded_state_dict(model), strict=True)
     if getattr(model.config, "tie_word_embeddings", False) and hasattr(plain, "tie_weights"):
         plain.tie_weights()
-    return plain.to(next(model.parameters()).dtype).train(model.training)
+    plain = plain.to(next(model.parameters()).dtype).train(model.training)
+    if isinstance(model, ProloguePostModel) and model.has_visual_tokenizer:
+        # attached after the cast: the frozen tokenizer is shared with the training model and keeps its own dtype
+        plain.set_visual_tokenizer(model.visual_tokenizer, verify=False)
+    return plain
 
 
 def fold_official_parametrization(model: nn.Module) -> nn.Module:
@@ -500,5 +533,6 @@ __all__ = [
     "init_official_parametrization",
     "is_official_parametrized",
     "parametrize_official_ar",
+    "parametrize_official_post",
     "parametrize_official_tokenizer",
 ]

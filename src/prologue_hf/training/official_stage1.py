@@ -16,7 +16,11 @@ is, on one batch (facts read from the official code; README of ``tests/fixtures/
    step of the AR (two groups: weight decay for tensors of rank >= 2 whose official name has no ``bias``, ``norm``,
    ``adaln``); its EMA.
 
-No gradient clipping. The models carry the official gate/norm parameterisation
+Prologue-Post (official ``phases: DO_PRIOR_ENC,DO_PRIOR_AR:1,1`` over a frozen 2D tokenizer) runs the same two
+steps without the decoder: step 1 trains the prologue encoder + quantizer alone on ``prior_enc_loss`` (the detached
+prologue-quantizer terms added to the logged value), step 2 is unchanged.
+
+No gradient clipping; an optimizer at lr 0 does not step. The models carry the official gate/norm parameterisation
 (:mod:`~prologue_hf.models.official_parametrization`); the optimizer groups are built from the official names.
 Every random draw can be injected (``label_drop_mask`` / ``visual_drop_mask``), otherwise it is drawn from torch's
 global generator in the official order.
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.modeling_prologue_ar import PrologueARForCausalLM
+from ..models.modeling_prologue_post import ProloguePostModel
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel, patchify
 from ..models.official_parametrization import OfficialParameterMap
 from .losses import prologue_ar_loss
@@ -168,36 +173,55 @@ class OfficialStepOutput:
 
 
 class OfficialStage1Stepper:
-    """Runs the official stage-1 iteration (encoder+decoder step, then AR step) on parametrized models.
+    """Runs the official stage-1 iteration (encoder(+decoder) step, then AR step) on parametrized models.
+
+    Serves the stage 1 of a :class:`PrologueTokenizerModel` (maps ``enc``, ``dec``, ``ar``) and of Prologue-Post, a
+    :class:`ProloguePostModel` over its frozen tokenizer (maps ``enc`` = the prologue encoder + quantizer, ``ar``).
+    The official Post run (``phases: DO_PRIOR_ENC,DO_PRIOR_AR:1,1``) is this iteration without the decoder and the
+    reconstruction terms: the encoder step trains only the prologue encoder and quantizer (``semantic_parameters()``)
+    with the AR frozen, loss ``prior_enc_loss`` plus the detached prologue-quantizer monitor; the AR step is unchanged.
+
+    Gradient accumulation: ``encoder_step(..., loss_scale=1/n, update=False)`` on each of ``n`` micro-batches, then
+    :meth:`update_encoder`, then ``ar_step(loss_scale=1/n, update=False)`` ``n`` times (one per cached micro-batch,
+    in order) and :meth:`update_ar`. Every AR step still reads ids computed before the encoder update; the order
+    "all encoder micro-steps, encoder update, all AR micro-steps, AR update" is enforced.
+
+    An optimizer whose learning rate is 0 (the first step of a warmup) does not step and its EMA is not updated,
+    as in the official loop (``if cur_lr > 0: opt.step()``); its gradients are cleared all the same.
 
     Args:
-        tokenizer: a :class:`PrologueTokenizerModel` in the official parameterisation.
+        tokenizer: a :class:`PrologueTokenizerModel` or :class:`ProloguePostModel` in the official parameterisation.
         ar: the compact :class:`PrologueARForCausalLM` in the official parameterisation.
-        maps: ``{"enc", "dec", "ar"}`` official parameter maps (from the parametrization / the converter).
+        maps: ``{"enc", "dec", "ar"}`` official parameter maps (from the parametrization / the converter); no
+            ``"dec"`` for a :class:`ProloguePostModel`.
         settings: :class:`OfficialStage1Settings`.
     """
 
     def __init__(
         self,
-        tokenizer: PrologueTokenizerModel,
+        tokenizer: PrologueTokenizerModel | ProloguePostModel,
         ar: PrologueARForCausalLM,
         maps: dict[str, OfficialParameterMap],
         settings: OfficialStage1Settings,
     ):
         if tokenizer.prologue_quantizer is None or not ar.vocabulary.has_prologue:
             raise ValueError("the official stage-1 step needs a Prologue tokenizer (K > 0) and a matching AR")
+        self.is_post = isinstance(tokenizer, ProloguePostModel)
+        expected = {"enc", "ar"} if self.is_post else {"enc", "dec", "ar"}
+        if set(maps) != expected:
+            kind = "a ProloguePostModel" if self.is_post else "a PrologueTokenizerModel"
+            raise ValueError(f"maps of {kind} must be {sorted(expected)}, got {sorted(maps)}")
         self.tokenizer, self.ar, self.maps, self.settings = tokenizer, ar, maps, settings
+        self.encoder_modules = ("enc",) if self.is_post else ("enc", "dec")
         s = settings
         self.parameters = {name: _unique_parameters(m) for name, m in maps.items()}
+        lrs = {"enc": s.lr_encoder, "dec": s.lr_decoder}
+        decays = {"enc": s.weight_decay_encoder, "dec": s.weight_decay_decoder}
         self.optimizers = {
-            "enc": build_adamw(
-                self.parameters["enc"], lr=s.lr_encoder, betas=s.betas_autoencoder, eps=s.adam_eps,
-                weight_decay=s.weight_decay_encoder,
-            ),
-            "dec": build_adamw(
-                self.parameters["dec"], lr=s.lr_decoder, betas=s.betas_autoencoder, eps=s.adam_eps,
-                weight_decay=s.weight_decay_decoder,
-            ),
+            name: build_adamw(
+                self.parameters[name], lr=lrs[name], betas=s.betas_autoencoder, eps=s.adam_eps, weight_decay=decays[name]
+            )
+            for name in self.encoder_modules
         }
         decay, no_decay = official_ar_weight_decay_groups(maps["ar"])
         self.optimizers["ar"] = build_adamw(
@@ -205,9 +229,10 @@ class OfficialStage1Stepper:
             lr=s.lr_ar, betas=s.betas_ar, eps=s.adam_eps,
         )
         rates = {"enc": s.ema_halflife_autoencoder, "dec": s.ema_halflife_autoencoder, "ar": s.ema_halflife_ar}
-        self.ema_rates = {k: ema_rate(h) for k, h in rates.items()}
+        self.ema_rates = {k: ema_rate(rates[k]) for k in maps}
         self.ema = {k: [p.detach().clone() for p in self.parameters[k]] for k, r in self.ema_rates.items() if r > 0}
-        self._cache: dict[str, torch.Tensor] | None = None
+        self._pending: list[dict[str, torch.Tensor]] = []  # ids of encoder micro-steps whose AR step is due
+        self._encoder_update_due = False
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _train_only(self, modules: tuple[str, ...]) -> None:
@@ -240,10 +265,14 @@ class OfficialStage1Stepper:
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
                         p.grad.div_(world)
+        stepped = []
         for module in modules:
-            self.optimizers[module].step()
-            self.optimizers[module].zero_grad(set_to_none=True)
-        for module in modules:
+            optimizer = self.optimizers[module]
+            if max(group["lr"] for group in optimizer.param_groups) > 0:  # official: no step (and no EMA) at lr 0
+                optimizer.step()
+                stepped.append(module)
+            optimizer.zero_grad(set_to_none=True)
+        for module in stepped:
             self._ema_update(module)
 
     def _ar_terms(
@@ -271,9 +300,10 @@ class OfficialStage1Stepper:
         return out.loss, {**parts, **metrics}, logits[:, :-1], sequence[:, 1:]
 
     def zero_grad(self) -> None:
-        """Drop every gradient of the three modules."""
+        """Drop every gradient of the trained modules and every pending micro-step."""
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
+        self._pending, self._encoder_update_due = [], False
 
     def _draw_labels(self, class_labels: torch.Tensor | None, batch: int, drop: torch.Tensor | None) -> torch.Tensor:
         null = self.ar.vocabulary.num_classes
@@ -294,6 +324,29 @@ class OfficialStage1Stepper:
             return torch.rand(batch) < self.settings.visual_dropout
         return torch.zeros(batch, dtype=torch.bool, device=device)
 
+    def _autoencoder_terms(self, out, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
+        """``(loss, logged terms, tensors)`` of the reconstruction side of the encoder step: L1 + the visual VQ loss
+        (with gradient) + the detached visual entropy monitor. None for Prologue-Post: its visual pathway is frozen
+        and its quantizer internals are not exposed (the official Post run adds the frozen quantizer's VQ monitor to
+        the logged value only; it carries no gradient)."""
+        if self.is_post:
+            return pixel_values.new_zeros((), dtype=torch.float32), {}, {}
+        s = self.settings
+        target = patchify(pixel_values.float(), self.tokenizer.config.patch_size)
+        x_hat = patchify(out.reconstruction.float(), self.tokenizer.config.patch_size)
+        l1 = s.l1_weight * (target - x_hat).abs().mean()
+        visual_entropy = quantizer_entropy_terms(out.visual_logits, s.entropy_temperature)
+        visual_quant = out.quantizer_loss.float()
+        visual_vq = s.commitment_weight * visual_quant + s.entropy_weight * visual_entropy["entropy_loss"]
+        losses = {
+            "l1_loss": l1, "ae_loss": l1, "visual_vq_quant_loss": visual_quant,
+            "visual_vq_entropy_loss": visual_entropy["entropy_loss"], "visual_vqloss": visual_vq,
+            "visual_vq_sample_entropy": visual_entropy["sample_entropy"],
+            "visual_vq_batch_entropy": visual_entropy["batch_entropy"],
+        }
+        tensors = {"x_hat": x_hat.detach(), "reconstruction": out.reconstruction.detach()}
+        return l1 + visual_vq, losses, tensors
+
     # ----------------------------------------------------------------------------------------------- the steps
     def encoder_step(
         self,
@@ -303,8 +356,10 @@ class OfficialStage1Stepper:
         visual_drop_mask: torch.Tensor | None = None,
         record_grad_norms: bool = False,
         extra_loss=None,
+        loss_scale: float = 1.0,
+        update: bool = True,
     ) -> OfficialStepOutput:
-        """Global step 1 of an iteration: encoder + decoder update with the AR frozen.
+        """Global step 1 of an iteration: encoder (+ decoder) update with the AR frozen.
 
         Args:
             pixel_values: ``[B, C, H, W]`` in ``[-1, 1]``.
@@ -314,75 +369,92 @@ class OfficialStage1Stepper:
             extra_loss: optional ``extra_loss(tokenizer_output, pixel_values, l1) -> (loss, metrics)`` added to the
                 encoder-side loss (the trainer's perceptual and adversarial terms; the official ``ae_loss`` and
                 ``gan_G_loss``).
+            loss_scale: the backward runs on ``loss_scale * loss`` (``1 / n`` for ``n`` accumulated micro-batches);
+                the logged losses are unscaled.
+            update: step the encoder's optimizer(s) now (``False``: accumulate; call :meth:`update_encoder`).
 
         Raises ``FloatingPointError`` before any update when the loss is not finite.
         """
+        if self._pending and not self._encoder_update_due:
+            raise RuntimeError("the AR steps of the previous encoder update are still due: call ar_step first")
         s = self.settings
-        self._train_only(("enc", "dec"))
+        self._train_only(self.encoder_modules)
         self.tokenizer.train()
         self.ar.eval()
         batch = pixel_values.shape[0]
         class_ids = self._draw_labels(class_labels, batch, label_drop_mask)
         out = self.tokenizer(pixel_values)
-        target = patchify(pixel_values.float(), self.tokenizer.config.patch_size)
-        x_hat = patchify(out.reconstruction.float(), self.tokenizer.config.patch_size)
-        l1 = s.l1_weight * (target - x_hat).abs().mean()
+        autoencoder, ae_losses, ae_tensors = self._autoencoder_terms(out, pixel_values)
 
-        visual_entropy = quantizer_entropy_terms(out.visual_logits, s.entropy_temperature)
         prologue_entropy = quantizer_entropy_terms(out.prologue_logits, s.entropy_temperature)
         with torch.no_grad():
             codes = self.tokenizer.prologue_quantizer.lookup(out.prologue_ids)
             z = out.prologue_features
             semantic_quant = F.mse_loss(out.prologue_quantized, z) + (1.0 + s.prologue_vq_beta) * F.mse_loss(codes, z)
-        visual_quant = out.quantizer_loss.float()
-        visual_vq = s.commitment_weight * visual_quant + s.entropy_weight * visual_entropy["entropy_loss"]
         semantic_vq = s.commitment_weight * semantic_quant + s.entropy_weight * prologue_entropy["entropy_loss"]
 
         drop = self._draw_visual_drop(batch, visual_drop_mask, pixel_values.device)
         weights = (s.prior_weight_prologue, s.prior_weight_prologue, s.prior_weight_visual)
         soft = out.prologue_soft_onehot if s.ste_ar_embedding else None
         prior, parts, logits, targets = self._ar_terms(class_ids, out.visual_ids, out.prologue_ids, soft, drop, weights)
-        loss = l1 + visual_vq + semantic_vq + prior
+        loss = autoencoder + semantic_vq + prior
         extra_metrics: dict[str, torch.Tensor] = {}
         if extra_loss is not None:
-            extra, extra_metrics = extra_loss(out, pixel_values, l1)
+            extra, extra_metrics = extra_loss(out, pixel_values, ae_losses.get("l1_loss", autoencoder.new_zeros(())))
             loss = loss + extra
         if not bool(torch.isfinite(loss.detach())):
             self.zero_grad()
             raise FloatingPointError(f"non-finite encoder-step loss {float(loss):.4g}; no parameter was updated")
-        loss.backward()
-        grad_norms = self._grad_norms(("enc", "dec")) if record_grad_norms else {}
-        self._step(("enc", "dec"))
-        self._cache = {
-            "class_ids": class_ids, "visual_ids": out.visual_ids.detach(), "prologue_ids": out.prologue_ids.detach(),
-        }
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+        grad_norms = self._grad_norms(self.encoder_modules) if record_grad_norms else {}
+        self._pending.append(
+            {"class_ids": class_ids, "visual_ids": out.visual_ids.detach(), "prologue_ids": out.prologue_ids.detach()}
+        )
+        self._encoder_update_due = True
+        if update:
+            self.update_encoder()
         raw = parts["semantic"] + parts["eos"] + parts["visual"]
+        visual_vq = ae_losses.get("visual_vqloss", autoencoder.new_zeros(()))
         losses = {
-            "loss": loss, "l1_loss": l1, "ae_loss": l1, "visual_vq_quant_loss": visual_quant,
-            "visual_vq_entropy_loss": visual_entropy["entropy_loss"], "semantic_vq_quant_loss": semantic_quant,
-            "semantic_vq_entropy_loss": prologue_entropy["entropy_loss"], "visual_vqloss": visual_vq,
-            "semantic_vqloss": semantic_vq, "vqloss": visual_vq + semantic_vq,
+            "loss": loss, **ae_losses, "semantic_vq_quant_loss": semantic_quant,
+            "semantic_vq_entropy_loss": prologue_entropy["entropy_loss"], "semantic_vqloss": semantic_vq,
+            "vqloss": visual_vq + semantic_vq,
             "semantic_prior_enc_loss": parts["semantic"], "eos_prior_enc_loss": parts["eos"],
             "visual_prior_enc_loss": parts["visual"], "raw_prior_enc_loss": raw, "prior_enc_loss": prior,
-            "visual_vq_sample_entropy": visual_entropy["sample_entropy"],
-            "visual_vq_batch_entropy": visual_entropy["batch_entropy"],
             "semantic_vq_sample_entropy": prologue_entropy["sample_entropy"],
             "semantic_vq_batch_entropy": prologue_entropy["batch_entropy"],
             **extra_metrics,
         }
         tensors = {
             "indices": torch.cat([out.prologue_ids, out.visual_ids], dim=1).detach(), "ar_logits": logits.detach(),
-            "ar_targets": targets, "x_hat": x_hat.detach(), "visual_drop_mask": drop, "class_ids": class_ids,
-            "prologue_logits": out.prologue_logits.detach(), "reconstruction": out.reconstruction.detach(),
+            "ar_targets": targets, "visual_drop_mask": drop, "class_ids": class_ids,
+            "prologue_logits": out.prologue_logits.detach(), **ae_tensors,
         }
         return OfficialStepOutput({k: v.detach().float() for k, v in losses.items()}, tensors, grad_norms)
 
-    def ar_step(self, visual_drop_mask: torch.Tensor | None = None, record_grad_norms: bool = False) -> OfficialStepOutput:
+    def update_encoder(self) -> None:
+        """Step the encoder's (and decoder's) optimizer on the gradients of the encoder micro-steps so far."""
+        if not self._encoder_update_due:
+            raise RuntimeError("update_encoder needs the gradients of an encoder_step: call encoder_step first")
+        self._step(self.encoder_modules)
+        self._encoder_update_due = False
+
+    def ar_step(
+        self,
+        visual_drop_mask: torch.Tensor | None = None,
+        record_grad_norms: bool = False,
+        loss_scale: float = 1.0,
+        update: bool = True,
+    ) -> OfficialStepOutput:
         """Global step 2 of an iteration: AR update on the ids the encoder step computed (before its update), with the
-        same class labels and a new visual-dropout mask (``visual_drop_mask`` injects it)."""
-        if self._cache is None:
+        same class labels and a new visual-dropout mask (``visual_drop_mask`` injects it). With accumulated
+        micro-batches each call takes the oldest one still due; ``loss_scale`` / ``update`` as in
+        :meth:`encoder_step` (:meth:`update_ar` steps)."""
+        if not self._pending:
             raise RuntimeError("ar_step needs the ids of an encoder_step on the same batch: call encoder_step first")
-        cache, self._cache = self._cache, None
+        if self._encoder_update_due:
+            raise RuntimeError("the official order updates the encoder before the AR step: call update_encoder first")
+        cache = self._pending.pop(0)
         self._train_only(("ar",))
         self.ar.train()
         visual_ids = cache["visual_ids"]
@@ -393,9 +465,10 @@ class OfficialStage1Stepper:
         if not bool(torch.isfinite(loss.detach())):
             self.zero_grad()
             raise FloatingPointError(f"non-finite AR-step loss {float(loss):.4g}; the AR was not updated")
-        loss.backward()
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
         grad_norms = self._grad_norms(("ar",)) if record_grad_norms else {}
-        self._step(("ar",))
+        if update:
+            self.update_ar()
         losses = {
             "loss": loss, "prior_ar_loss": loss, "semantic_prior_ar_loss": parts["semantic"],
             "eos_prior_ar_loss": parts["eos"], "visual_prior_ar_loss": parts["visual"],
@@ -405,6 +478,15 @@ class OfficialStage1Stepper:
         }
         tensors = {"ar_logits": logits.detach(), "ar_targets": targets, "visual_drop_mask": drop}
         return OfficialStepOutput({k: v.detach().float() for k, v in losses.items()}, tensors, grad_norms)
+
+    @property
+    def pending_ar_steps(self) -> int:
+        """Micro-batches whose AR step is still due."""
+        return len(self._pending)
+
+    def update_ar(self) -> None:
+        """Step the AR's optimizer on the gradients of the AR micro-steps so far."""
+        self._step(("ar",))
 
     def iteration(self, pixel_values: torch.Tensor, class_labels: torch.Tensor | None = None) -> dict[str, float]:
         """One official iteration on a batch (both steps, draws from torch's generator); the logged scalars

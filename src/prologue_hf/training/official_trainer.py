@@ -10,15 +10,24 @@ PrologueTokenizerTrainer` with three changes:
 * each Trainer step is one official iteration (:class:`~prologue_hf.training.official_stage1.OfficialStage1Stepper`):
   an encoder+decoder step with the AR frozen, plus the perceptual and adversarial terms of the loss config, then an AR
   step on the cached ids, then the discriminator step on the cached reconstructions (official ``DO_GAN_D`` phase).
-  The three AdamW optimizers live in the stepper; the Trainer sees them as one optimizer
-  (:class:`OfficialOptimizers`), so its scheduler, logging and checkpoints cover them;
+  The AdamW optimizers live in the stepper; the Trainer sees them as one optimizer (:class:`OfficialOptimizers`),
+  so its scheduler, logging and checkpoints cover them;
 * checkpoints hold the usual ``save_pretrained`` folders, written from folded copies (what inference, stage 2 and
   the pipelines load), plus ``official_parametrization.safetensors`` (the unfolded tensors, for an exact resume).
 
-Not supported (clear errors): gradient accumulation > 1, tokenizers without prologue tokens, the ``"visual"`` AR
-target, and ARs without the official layout (``use_qk_norm``, ``rope_axes_dim``). ``max_grad_norm`` is not applied
-(the official stage 1 does not clip; the recipes set it to 0). With a warmup, the official loop skips the first
-``opt.step()`` (lr = 0) while AdamW here still records that step's moments; nothing else differs.
+The same class trains Prologue-Post (a :class:`~prologue_hf.training.stage1_model.ProloguePostStage1Model`; use
+:class:`~prologue_hf.training.trainer_post.OfficialProloguePostTrainer`, which adds the Post trainer's checks):
+only the prologue encoder + quantizer are parametrized and trained by the encoder step, there is no decoder.
+
+Gradient accumulation (``gradient_accumulation_steps = n``): the encoder steps of the ``n`` micro-batches accumulate
+(loss / n), the encoder steps once, then the AR steps of the ``n`` micro-batches accumulate on their cached ids and
+the AR steps once: one big batch of ``n`` micro-batches, in the official order (see docs/training.md for what is
+not batch-size-linear: the discriminator's BatchNorm, the adaptive GAN weight, the logged entropy monitors).
+
+Not supported (clear errors): tokenizers without prologue tokens, the ``"visual"`` AR target, and ARs without the
+official layout (``use_qk_norm``, ``rope_axes_dim``). ``max_grad_norm`` is not applied (the official stage 1 does not
+clip; the recipes set it to 0). As in the official loop, an optimizer at lr 0 (the first warmup step) does not step.
+Not kept: the official EMA of the compact AR (``ar_ema_halflife``), which only its sampling / evaluation read.
 """
 
 from __future__ import annotations
@@ -35,11 +44,12 @@ from ..models.official_parametrization import (
     init_official_parametrization,
     match_plain_values,
     parametrize_official_ar,
+    parametrize_official_post,
     parametrize_official_tokenizer,
 )
-from .losses import adaptive_gan_weight, generator_adversarial_loss
+from .losses import PrologueStage1LossConfig, adaptive_gan_weight, generator_adversarial_loss
 from .official_stage1 import OfficialStage1Settings, OfficialStage1Stepper
-from .stage1_model import PrologueStage1Model
+from .stage1_model import ProloguePostLossConfig, ProloguePostStage1Model, PrologueStage1Model
 from .trainer_tokenizer import (
     PrologueTokenizerTrainer,
     PrologueTokenizerTrainingArguments,
@@ -84,8 +94,15 @@ class OfficialOptimizers(torch.optim.Optimizer):
         self._share_groups()  # load_state_dict builds new group dicts
 
 
-def official_settings(args: PrologueTokenizerTrainingArguments, loss_config) -> OfficialStage1Settings:
-    """The stepper's settings from the stage-1 training arguments and loss config."""
+def official_settings(
+    args: PrologueTokenizerTrainingArguments, loss_config: PrologueStage1LossConfig | ProloguePostLossConfig
+) -> OfficialStage1Settings:
+    """The stepper's settings from the stage-1 training arguments and the loss config of stage 1 or Prologue-Post
+    (Post has no reconstruction terms: ``l1_weight`` does not apply and ``commitment_weight`` keeps the official 1,
+    which only scales the detached prologue-quantizer term of the logged loss)."""
+    reconstruction = {}
+    if isinstance(loss_config, PrologueStage1LossConfig):
+        reconstruction = dict(l1_weight=loss_config.l1_weight, commitment_weight=loss_config.commitment_weight)
     return OfficialStage1Settings(
         lr_encoder=args.learning_rate,
         lr_decoder=args.learning_rate,
@@ -96,14 +113,13 @@ def official_settings(args: PrologueTokenizerTrainingArguments, loss_config) -> 
         weight_decay_encoder=args.tokenizer_weight_decay,
         weight_decay_decoder=args.tokenizer_weight_decay,
         weight_decay_ar=args.ar_weight_decay,
-        l1_weight=loss_config.l1_weight,
-        commitment_weight=loss_config.commitment_weight,
         prior_weight_prologue=loss_config.ar_weight,
         prior_weight_visual=loss_config.ar_weight,
         visual_dropout=loss_config.visual_dropout,
         label_drop_prob=loss_config.ar_label_drop_prob,
         ema_halflife_autoencoder=0.0,  # the Trainer's ModelEMA averages the (parametrized) tokenizer
-        ema_halflife_ar=0.0,
+        ema_halflife_ar=0.0,  # official ar_ema_halflife: an AR EMA only read by sampling / eval, never by training
+        **reconstruction,
     )
 
 
@@ -118,8 +134,12 @@ class OfficialPrologueTokenizerTrainer(PrologueTokenizerTrainer):
     def __init__(self, model: PrologueStage1Model, args: PrologueTokenizerTrainingArguments, **kwargs):
         if not isinstance(model, PrologueStage1Model):
             raise ValueError(f"model must be a PrologueStage1Model, got {type(model).__name__}")
-        if args.gradient_accumulation_steps != 1:
-            raise NotImplementedError("training_mode='official' runs one official iteration per step: use gradient_accumulation_steps=1")
+        post = isinstance(model, ProloguePostStage1Model)
+        if post:
+            from .trainer_post import ProloguePostTrainer  # imports this module
+
+            if not isinstance(self, ProloguePostTrainer):
+                raise ValueError("a ProloguePostStage1Model trains in the official mode with OfficialProloguePostTrainer")
         cfg = model.loss_config
         if model.compact_ar is None or cfg.resolved_ar_target(model.tokenizer.config.num_prologue_tokens > 0) != "prologue":
             raise NotImplementedError("training_mode='official' needs a Prologue tokenizer (K > 0) and the 'prologue' AR target")
@@ -133,15 +153,19 @@ class OfficialPrologueTokenizerTrainer(PrologueTokenizerTrainer):
             "ar": {k: v.clone() for k, v in model.compact_ar.state_dict().items()},
         }
         num_labels = model.compact_ar.vocabulary.num_classes + 1
-        enc_map, dec_map = parametrize_official_tokenizer(model.tokenizer, args.official_cond_dim, num_labels)
-        ar_map = parametrize_official_ar(model.compact_ar, args.official_cond_dim)
+        if post:  # the prologue encoder + quantizer; the frozen visual pathway is not a submodule
+            maps = {"enc": parametrize_official_post(model.tokenizer, args.official_cond_dim, num_labels)}
+        else:
+            maps = dict(zip(("enc", "dec"), parametrize_official_tokenizer(model.tokenizer, args.official_cond_dim, num_labels)))
+        maps["ar"] = parametrize_official_ar(model.compact_ar, args.official_cond_dim)
         generator = torch.Generator().manual_seed(args.seed)
-        init_official_parametrization([enc_map, dec_map, ar_map], generator=generator)
+        init_official_parametrization(list(maps.values()), generator=generator)
         if args.official_parametrization_init == "match":
             match_plain_values(model.tokenizer, plain["tokenizer"])
             match_plain_values(model.compact_ar, plain["ar"])
-        self.official_maps = {"enc": enc_map, "dec": dec_map, "ar": ar_map}
-        self.stepper = OfficialStage1Stepper(model.tokenizer, model.compact_ar, self.official_maps, official_settings(args, cfg))
+        self.official_maps = maps
+        settings = official_settings(args, model.post_loss_config if post else cfg)
+        self.stepper = OfficialStage1Stepper(model.tokenizer, model.compact_ar, self.official_maps, settings)
         names = {"enc": ["encoder"], "dec": ["decoder"], "ar": ["compact_ar", "compact_ar_no_decay"]}
         for key, optimizer in self.stepper.optimizers.items():
             for group, name in zip(optimizer.param_groups, names[key]):
@@ -176,30 +200,41 @@ class OfficialPrologueTokenizerTrainer(PrologueTokenizerTrainer):
         return extra, metrics
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
-        """One official iteration on the batch; returns the encoder-step loss (detached)."""
+        """One official iteration on the batch; returns the encoder-step loss (detached, divided by the number of
+        accumulated micro-batches as the Trainer expects).
+
+        With ``gradient_accumulation_steps = n`` every micro-batch runs its encoder step's backward (loss / n); the
+        last one then steps the encoder, runs the AR step of every micro-batch on its cached ids (loss / n) and steps
+        the AR; the discriminator accumulates likewise and steps last."""
         stage1 = self.stage1_model
         stage1.train()
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
+        scale = 1.0 / self.args.gradient_accumulation_steps
+        last = self.accelerator.sync_gradients
+        extra = self._generator_terms if stage1.perceptual is not None or stage1.discriminator is not None else None
         try:
             with self.compute_loss_context_manager():
-                enc = self.stepper.encoder_step(pixel_values, labels, extra_loss=self._generator_terms)
-                ar = self.stepper.ar_step()
+                enc = self.stepper.encoder_step(pixel_values, labels, extra_loss=extra, loss_scale=scale, update=last)
+                ars = []
+                while last and self.stepper.pending_ar_steps:
+                    ars.append(self.stepper.ar_step(loss_scale=scale, update=self.stepper.pending_ar_steps == 1))
         except FloatingPointError as error:
             self._stop_if_not_finite(pixel_values.new_tensor(float("nan")), {"error": pixel_values.new_zeros(())}, [], [])
             raise error  # not reached: _stop_if_not_finite raises after saving the last good state
         metrics = {f"enc_{k}": v for k, v in enc.losses.items()}
-        metrics.update({f"ar_{k}": v for k, v in ar.losses.items()})
+        if ars:  # one record per optimizer step: the mean over the micro-batches
+            metrics.update({f"ar_{k}": torch.stack([a.losses[k] for a in ars]).mean() for k in ars[0].losses})
         if stage1.discriminator is not None and self.state.global_step >= stage1.loss_config.gan_start_step:
             d_loss, d_metrics = stage1._discriminator_terms(pixel_values, enc.tensors["reconstruction"], self.state.global_step)
-            (stage1.loss_config.discriminator_weight * d_loss).backward()
+            (stage1.loss_config.discriminator_weight * scale * d_loss).backward()
             metrics.update({k: v.detach() for k, v in d_metrics.items()})
-        if stage1.discriminator is not None:
+        if stage1.discriminator is not None and last:
             self._discriminator_step()
         indices = enc.tensors["indices"]
         k = stage1.tokenizer.config.num_prologue_tokens
         outputs = SimpleNamespace(metrics=metrics, prologue_ids=indices[:, :k], visual_ids=indices[:, k:])
         self._record(outputs, pixel_values, labels)
-        return enc.losses["loss"].to(pixel_values.device)
+        return enc.losses["loss"].to(pixel_values.device) * scale
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

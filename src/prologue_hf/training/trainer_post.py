@@ -33,6 +33,7 @@ from transformers.utils import logging
 from ..models.modeling_prologue_post import ProloguePostModel
 from ..models.visual_tokenizers import VISUAL_TOKENIZER_ADAPTERS, VisualTokenizerAdapter, detect_adapter_type
 from .image_data import ImageDataArguments, load_training_images
+from .official_trainer import OfficialPrologueTokenizerTrainer
 from .recipe import TOKENIZER_DIR, build_compact_ar, json_overrides, seeded_image_collator, train_save_push
 from .stage1_model import ProloguePostLossConfig, ProloguePostStage1Model
 from .trainer_tokenizer import PrologueTokenizerTrainer, PrologueTokenizerTrainingArguments
@@ -52,18 +53,23 @@ class ProloguePostTrainer(PrologueTokenizerTrainer):
     """
 
     def __init__(self, model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments, **kwargs):
+        self._check_post_arguments(model, args)
+        mode = getattr(args, "training_mode", "routed")
+        if (mode == "official") != isinstance(self, OfficialProloguePostTrainer):
+            raise ValueError(
+                f"training_mode={mode!r} needs {'OfficialProloguePostTrainer' if mode == 'official' else 'ProloguePostTrainer'} "
+                f"(got {type(self).__name__}); train_post picks the class from training_mode"
+            )
+        super().__init__(model, args, **kwargs)
+
+    @staticmethod
+    def _check_post_arguments(model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments) -> None:
         if not isinstance(model, ProloguePostStage1Model):
             raise ValueError(f"model must be a ProloguePostStage1Model, got {type(model).__name__}")
         if isinstance(args, PrologueTokenizerTrainingArguments) and args.reconstruction_grid_steps:
             raise ValueError(
                 "reconstruction_grid_steps must be 0 for Prologue-Post: reconstructions are the frozen tokenizer's own"
             )
-        if getattr(args, "training_mode", "routed") == "official":
-            raise NotImplementedError(
-                "training_mode='official' is implemented for stage 1 of the Prologue tokenizer, not yet for Prologue-Post "
-                "(its official step trains the prologue encoder alone); use training_mode='routed'"
-            )
-        super().__init__(model, args, **kwargs)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         """The stage-1 optimizer groups; raises ``RuntimeError`` if any frozen-tokenizer parameter got into one."""
@@ -100,6 +106,33 @@ class ProloguePostTrainer(PrologueTokenizerTrainer):
             facts=[f"`{TOKENIZER_DIR}/`: {'EMA' if self.ema is not None else 'online'} weights; steps: {self.state.global_step}."],
             tags=["prologue-post", "image-tokenizer"],
         )
+
+
+class OfficialProloguePostTrainer(OfficialPrologueTokenizerTrainer, ProloguePostTrainer):
+    """Prologue-Post in the official training mode (``training_mode="official"``): the official Post run of
+    ``train_tokenizer.py`` (``post_overlay``: ``phases: DO_PRIOR_ENC,DO_PRIOR_AR:1,1`` over a frozen 2D tokenizer).
+
+    Per batch: an encoder step that trains the prologue encoder + Prob-STE quantizer alone (official
+    ``Encoder.semantic_parameters()``; AdamW ``betas=(0, 0.99)``, no weight decay) on
+    ``ar_weight * (CE_prologue + CE_eos) + ar_weight * CE_visual`` through the **frozen** compact AR (the prologue
+    enters the AR as ``p~ @ W_emb``), then an AR step on the ids computed before that update, with a new
+    visual-dropout mask and the unweighted CE (AdamW ``(0.9, 0.99)``, weight decay 0.03 by the official name rule).
+    The prologue encoder and the compact AR carry the official gate/norm parameterisation; saved folders are plain
+    :class:`~prologue_hf.ProloguePostModel` / :class:`~prologue_hf.PrologueARForCausalLM` folders. The frozen tokenizer
+    is never parametrized, optimised or averaged (it is not a submodule; :meth:`create_optimizer` checks).
+
+    Args:
+        model: a :class:`ProloguePostStage1Model` whose compact AR has the official layout (``use_qk_norm``,
+            ``rope_axes_dim``, no biases).
+        args: :class:`PrologueTokenizerTrainingArguments` with ``training_mode="official"``.
+        **kwargs: other ``Trainer`` arguments.
+    """
+
+    def __init__(self, model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments, **kwargs):
+        self._check_post_arguments(model, args)  # before the parent parametrizes the model in place
+        if getattr(args, "training_mode", "routed") != "official":
+            raise ValueError(f"OfficialProloguePostTrainer needs training_mode='official', got {args.training_mode!r}")
+        super().__init__(model, args, **kwargs)
 
 
 def _frozen_tokenizer_identity(identity: dict | None) -> str | None:
@@ -215,13 +248,15 @@ def train_post(
         f"compact AR), {frozen / 1e6:.2f}M frozen"
     )
     collator = seeded_image_collator(post.config.image_size, data_args, training_args.data_seed or training_args.seed)
-    trainer = ProloguePostTrainer(model, training_args, train_dataset=dataset, data_collator=collator)
+    trainer_class = OfficialProloguePostTrainer if training_args.training_mode == "official" else ProloguePostTrainer
+    trainer = trainer_class(model, training_args, train_dataset=dataset, data_collator=collator)
     train_save_push(trainer, training_args, commit_message="Prologue-Post prologue tokenizer")
     return trainer
 
 
 __all__ = [
     "ProloguePostTrainer",
+    "OfficialProloguePostTrainer",
     "ProloguePostModelArguments",
     "POST_ARGUMENT_CLASSES",
     "load_frozen_tokenizer",
