@@ -9,8 +9,10 @@ import pytest
 
 from prologue_hf.research.replication import (
     METRICS,
+    PROLOGUE_ONLY_METRICS,
     ReplicationConfig,
     aggregate,
+    paired_comparison,
     results_table,
     run_replication,
     sampling_sweep,
@@ -35,6 +37,22 @@ def test_aggregate_mean_and_sample_std_hand_computed():
     table = results_table(summary)
     assert "| metric | a | b |" in table
     assert "| FD-EffNetLite0 w/o CFG ↓ | 4.000 ± 1.414 | 12.000 ± 0.000 |" in table
+
+
+def test_paired_comparison_hand_computed():
+    runs = [
+        {"variant": "base", "seed": 0, "fd_no_cfg": 100.0},
+        {"variant": "base", "seed": 1, "fd_no_cfg": 80.0},
+        {"variant": "base", "seed": 2, "fd_no_cfg": 60.0},  # no Prologue run at seed 2: not paired
+        {"variant": "pro", "seed": 1, "fd_no_cfg": 90.0},
+        {"variant": "pro", "seed": 0, "fd_no_cfg": 54.0},
+    ]
+    paired = paired_comparison(runs, "base", "pro")
+    assert paired["seeds"] == [0, 1] and paired["baseline"] == [100.0, 80.0] and paired["variant"] == [54.0, 90.0]
+    assert paired["wins"] == 1
+    assert paired["mean_relative_change"] == pytest.approx(72.0 / 90.0 - 1.0)  # -20 %
+    with pytest.raises(ValueError, match="no seed"):
+        paired_comparison(runs, "base", "missing")
 
 
 def test_sampling_sweep_guides_prologue_only_when_present():
@@ -79,17 +97,26 @@ def test_replication_miniature_end_to_end(tmp_path):
     )
     results = run_replication(config, str(tmp_path / "results.json"), str(tmp_path / "plot.png"))
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved) == {"config", "reference_images", "runs", "summary", "table", "wall_seconds"}
+    assert set(saved) == {"config", "reference_images", "runs", "summary", "paired_fd_no_cfg", "table", "wall_seconds"}
     assert saved["reference_images"] == 20
     assert [run["variant"] for run in saved["runs"]] == ["baseline_2d", "prologue_k4"]
     for run in saved["runs"]:
         assert set(run["fd_by_sampling"]) == {"none", "visual_2"}
         for key in METRICS:
-            assert math.isfinite(run[key]), (run["variant"], key)
+            if run["num_prologue_tokens"] or key not in PROLOGUE_ONLY_METRICS:
+                assert math.isfinite(run[key]), (run["variant"], key)
+            else:  # the 2D baseline has no prologue to diagnose
+                assert run.get(key) is None, key
         assert 0.0 <= run["probe_top1"] <= 100.0 and run["best_visual_scale"] == 2.0
         assert run["fd_best_cfg"] == run["fd_by_sampling"]["visual_2"]
     baseline, prologue = saved["runs"]
     assert baseline["probe_feature"] == "visual x4" and prologue["probe_feature"] == "prologue x4"
+    # the default: Prologue's stage 1 in the official training mode (the baseline has no compact AR to train)
+    assert prologue["training_mode"] == "official" and baseline["training_mode"] == "routed"
+    assert 0.0 <= prologue["prologue_distinct_tuples"] <= 1.0 and prologue["prologue_label_mi_bits"] >= 0.0
+    paired = saved["paired_fd_no_cfg"]["prologue_k4"]
+    assert paired["seeds"] == [0] and paired["baseline"] == [baseline["fd_no_cfg"]]
+    assert paired["wins"] == int(prologue["fd_no_cfg"] < baseline["fd_no_cfg"])
     assert baseline["prologue_bits_per_token"] is None and prologue["prologue_bits_per_token"] > 0
     # total bits = 64 visual tokens (+ 4 prologue tokens) at their per-token NLL
     assert baseline["sequence_bits_per_image"] == pytest.approx(64 * baseline["visual_bits_per_token"])

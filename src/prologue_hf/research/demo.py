@@ -1,6 +1,6 @@
 """The embedded end-to-end run behind ``make demo`` (and the CPU mini-replication).
 
-Stage 1 (tokenizer + compact AR, routed loss) -> pretokenize -> stage 2 (AR) -> ``ProloguePipeline`` ->
+Stage 1 (tokenizer + compact AR; official training mode by default, ``DemoConfig.training_mode``) -> pretokenize -> stage 2 (AR) -> ``ProloguePipeline`` ->
 sample grid, reconstruction grid, loss curves and a ``report.md``, all on the embedded Fashion-MNIST subset and all
 through the same library calls as the ImageNet scripts (``train_tokenizer``, ``pretokenize_dataset``, ``train_ar``).
 """
@@ -28,9 +28,23 @@ class DemoConfig:
         output_dir: where everything is written.
         train_per_class / test_per_class: Fashion-MNIST images per class (the embedded subset has 1000 / 300).
         num_prologue_tokens: K; 0 trains the 2D baseline through the same code path.
-        prologue_temperature: Prob-STE temperature tau of the prologue quantizer (paper default 0.1; the paper
-            also reports 0.01 and 1.0, see the ``prologue-probste-tau*`` sampling presets).
+        prologue_temperature: Prob-STE temperature tau of the prologue quantizer at the start of stage 1 (paper
+            default 0.1 for its 1024 x 14-d codebook; docs/training.md explains why a 64 x 8-d codebook needs a
+            larger tau for the same soft-max sharpness).
+        prologue_temperature_end: tau at the end of stage 1, reached by an exponential anneal (None: constant tau).
+        training_mode: stage-1 training of a Prologue tokenizer: ``"official"`` (the official gate/norm
+            parameterisation and update order, ``training/official_trainer.py``) or ``"routed"`` (one joint step of
+            the routed loss on plain gate vectors). The 2D baseline (K=0) has no compact AR and always trains as a
+            plain VQ tokenizer.
+        layer_scale_init: initial residual gates. The official 1e-5 leaves the prologue constant for the whole
+            short run (docs/results.md); 0.1 lets it depend on the image from the first step.
+        official_parametrization_init: ``"match"`` starts the official parameterisation at ``layer_scale_init``;
+            ``"official"`` uses the official init (gates ~1e-5) whatever ``layer_scale_init`` says.
+        codebook_init: ``"simvq"`` (official N(0, 1/dim)) or ``"normal"`` (N(0, 1)), both codebooks.
         stage1_steps / stage2_steps: optimizer steps of each stage.
+        stage1_lr_hold_fraction: part of stage 1 spent at the peak learning rate (after a 5 % warmup) before the
+            linear decay to a tenth of it (the prologue leaves its constant start only after a few hundred steps at a
+            high rate; docs/results.md).
         fd_images: images per set for the Fréchet distance on EfficientNet-Lite0 features (0 skips it).
         samples_per_class: columns of the sample grid.
         data_source: ``"embedded"`` or ``"system"`` (Debian's full Fashion-MNIST).
@@ -46,7 +60,12 @@ class DemoConfig:
     num_prologue_tokens: int = 4
     visual_codebook_size: int = 256
     prologue_codebook_size: int = 64
-    prologue_temperature: float = 0.1
+    prologue_temperature: float = 0.34
+    prologue_temperature_end: float | None = None
+    training_mode: str = "official"
+    layer_scale_init: float = 0.1
+    official_parametrization_init: str = "match"
+    codebook_init: str = "simvq"
     codebook_dim: int = 8
     tokenizer_width: int = 64
     tokenizer_layers: int = 2
@@ -58,6 +77,7 @@ class DemoConfig:
     stage1_steps: int = 400
     stage1_batch_size: int = 32
     stage1_learning_rate: float = 2e-3
+    stage1_lr_hold_fraction: float = 0.5
     ar_weight: float = 3.0
     visual_dropout: float = 0.5
     gan_weight: float = 0.0
@@ -67,6 +87,25 @@ class DemoConfig:
     samples_per_class: int = 8
     fd_images: int = 300
     sampling: dict = field(default_factory=lambda: {"temperature": 1.0})
+
+    def __post_init__(self):
+        if self.training_mode not in ("official", "routed"):
+            raise ValueError(f"training_mode must be 'official' or 'routed', got {self.training_mode!r}")
+        if self.official_parametrization_init not in ("official", "match"):
+            raise ValueError(
+                f"official_parametrization_init must be 'official' or 'match', got {self.official_parametrization_init!r}"
+            )
+        if not 0.0 <= self.stage1_lr_hold_fraction < 1.0:
+            raise ValueError(f"stage1_lr_hold_fraction must lie in [0, 1), got {self.stage1_lr_hold_fraction}")
+        for name in ("prologue_temperature", "prologue_temperature_end"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+    @property
+    def official_stage1(self) -> bool:
+        """Whether stage 1 runs in the official training mode (a Prologue tokenizer with ``training_mode='official'``)."""
+        return self.training_mode == "official" and self.num_prologue_tokens > 0
 
     @classmethod
     def full(cls, **overrides) -> DemoConfig:
@@ -85,6 +124,13 @@ class DemoConfig:
         )
         values.update(overrides)
         return cls(**values)
+
+
+def _official_ar_rope_axes(head_dim: int) -> list[int]:
+    """The official AR's RoPE layout scaled to ``head_dim``: ``[24, 20, 20]`` at 64 (3/8, then two even halves)."""
+    first = 2 * round(head_dim * 3 / 16)
+    second = (head_dim - first) // 4 * 2
+    return [first, second, head_dim - first - second]
 
 
 def _stage1(config: DemoConfig, train_dir: str, out: str):
@@ -115,23 +161,33 @@ def _stage1(config: DemoConfig, train_dir: str, out: str):
         num_prologue_tokens=config.num_prologue_tokens,
         prologue_temperature=config.prologue_temperature,
         codebook_dim=config.codebook_dim,
+        codebook_init=config.codebook_init,
         # 1e-5 (the official init) makes a few hundred steps too short to leave the identity; see docs/results.md
-        layer_scale_init=0.1,
+        layer_scale_init=config.layer_scale_init,
     )
     ar_heads = max(1, config.compact_ar_width // 16)
+    compact_ar = dict(
+        hidden_size=config.compact_ar_width,
+        num_hidden_layers=config.compact_ar_layers,
+        num_attention_heads=ar_heads,
+        tie_word_embeddings=False,
+    )
+    if config.official_stage1:  # the official compact AR: q/k norm and the multi-axis RoPE
+        compact_ar.update(use_qk_norm=True, rope_axes_dim=_official_ar_rope_axes(config.compact_ar_width // ar_heads))
     model_args = PrologueStage1ModelArguments(
         tokenizer_overrides=json.dumps(tokenizer_overrides),
         compact_ar_preset="compact",
-        compact_ar_overrides=json.dumps(
-            dict(
-                hidden_size=config.compact_ar_width,
-                num_hidden_layers=config.compact_ar_layers,
-                num_attention_heads=ar_heads,
-                tie_word_embeddings=False,
-            )
-        ),
+        compact_ar_overrides=json.dumps(compact_ar),
         num_classes=10,
     )
+    tau_schedule = {}
+    if config.num_prologue_tokens and config.prologue_temperature_end is not None:
+        tau_schedule = dict(
+            prologue_temperature_schedule="exponential",
+            prologue_temperature_start=config.prologue_temperature,
+            prologue_temperature_end=config.prologue_temperature_end,
+            prologue_temperature_steps=config.stage1_steps,
+        )
     loss_config = PrologueStage1LossConfig(
         perceptual_loss="none",  # no pretrained VGG offline: switched off explicitly, never random
         gan_weight=config.gan_weight,
@@ -147,7 +203,11 @@ def _stage1(config: DemoConfig, train_dir: str, out: str):
         learning_rate=config.stage1_learning_rate,
         min_learning_rate=config.stage1_learning_rate / 10,
         warmup_steps=max(1, config.stage1_steps // 20),
-        max_grad_norm=1.0,
+        lr_hold_steps=int(config.stage1_steps * config.stage1_lr_hold_fraction),
+        max_grad_norm=0.0 if config.official_stage1 else 1.0,  # the official stage 1 does not clip
+        training_mode="official" if config.official_stage1 else "routed",
+        official_parametrization_init=config.official_parametrization_init,
+        **tau_schedule,
         ema_halflife_steps=max(1.0, config.stage1_steps / 20),
         logging_steps=max(1, config.stage1_steps // 50),
         save_strategy="no",
@@ -201,7 +261,9 @@ def _loss_curves(stage1_history: list[dict], stage2_history: list[dict], path: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    diagnostics = ("prologue_usage_mean", "prologue_distinct_tuples", "prologue_p_max_median", "prologue_label_mi_bits")
+    has_diagnostics = any(key in row for row in stage1_history for key in diagnostics)
+    fig, axes = plt.subplots(1, 3 if has_diagnostics else 2, figsize=(16 if has_diagnostics else 11, 3.8))
     for key in sorted({k for row in stage1_history for k in row}):
         points = [(row["step"], row[key]) for row in stage1_history if key in row and "step" in row]
         if key.startswith(("loss_l1", "loss_ar", "loss_vq", "ar_ce")) or key in ("l1", "ar_ce", "loss"):
@@ -218,6 +280,14 @@ def _loss_curves(stage1_history: list[dict], stage2_history: list[dict], path: s
     axes[1].set_title("stage 2 (AR)")
     axes[1].set_xlabel("step")
     axes[1].legend(fontsize=7)
+    if has_diagnostics:  # is the prologue alive? (issue 15 collapse diagnostics of each logged stage-1 batch)
+        for key in diagnostics:
+            points = [(row["step"], row[key]) for row in stage1_history if key in row and "step" in row]
+            if points:
+                axes[2].plot(*zip(*points), label=key.removeprefix("prologue_"))
+        axes[2].set_title("stage 1 prologue diagnostics (training batches)")
+        axes[2].set_xlabel("step")
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -344,7 +414,7 @@ def run_demo(config: DemoConfig) -> dict:
     test_set.save_to_disk(test_dir)
     timings["data"] = time.time() - start
 
-    # 2. stage 1: tokenizer + compact AR with the routed loss
+    # 2. stage 1: tokenizer + compact AR (official or routed training mode)
     t = time.time()
     stage1 = _stage1(config, train_dir, os.path.join(out, "stage1"))
     tokenizer_dir = os.path.join(out, "stage1", "tokenizer")

@@ -41,7 +41,15 @@ METRICS: dict[str, tuple[str, str]] = {
     "reconstruction_l1": ("reconstruction L1", "lower"),
     "reconstruction_psnr_db": ("reconstruction PSNR (dB)", "higher"),
     "visual_codebook_usage": ("visual codebook usage", "higher"),
+    # Prologue only (issue 15 collapse diagnostics on 256 test images; docs/training.md)
+    "prologue_codebook_usage": ("prologue codebook usage (test)", "higher"),
+    "prologue_bits_per_token": ("prologue NLL (bits/token)", "-"),
+    "prologue_distinct_tuples": ("distinct prologue tuples / image", "higher"),
+    "prologue_label_mi_bits": ("I(prologue; label) (bits)", "higher"),
+    "prologue_p_max_median": ("Prob-STE median p_max", "-"),
+    "prologue_effective_codes_median": ("Prob-STE effective codes", "-"),
 }
+PROLOGUE_ONLY_METRICS = tuple(key for key in METRICS if key.startswith("prologue_"))
 
 
 @dataclass
@@ -217,8 +225,13 @@ def evaluate_run(
         "reconstruction_psnr_db": report["reconstruction_psnr_db"],
         "visual_codebook_usage": report["visual_codebook"]["usage"],
         "prologue_codebook_usage": report.get("prologue_codebook", {}).get("usage"),
+        "training_mode": "official" if demo_config.official_stage1 else "routed",
         "train_seconds": train_time,
     }
+    diagnostics = report.get("prologue_diagnostics") or {}
+    for key in ("prologue_distinct_tuples", "prologue_label_mi_bits", "prologue_p_max_median",
+                "prologue_effective_codes_median", "prologue_usage_mean"):
+        metrics[key] = diagnostics.get(key)
 
     metrics.update(_fd_sweep(config, pipe, k, seed, reference_features, extractor, variant["name"]))
     metrics.update(_linear_probes(config, tokenizer, run_dir, k, seed))
@@ -250,6 +263,25 @@ def aggregate(runs: list[dict]) -> dict:
             for name in sweep_names
         }
     return summary
+
+
+def paired_comparison(runs: list[dict], baseline: str, variant: str, key: str = "fd_no_cfg") -> dict:
+    """``variant`` against ``baseline`` on ``key`` (lower is better) over the seeds both have: ``{"seeds",
+    "baseline", "variant", "wins"`` (seeds where ``variant`` is lower), ``"mean_relative_change"`` (``mean(variant) /
+    mean(baseline) - 1``; ``-0.15`` = 15 % lower)``}``."""
+    by_seed = {name: {run["seed"]: run[key] for run in runs if run["variant"] == name} for name in (baseline, variant)}
+    seeds = sorted(set(by_seed[baseline]) & set(by_seed[variant]))
+    if not seeds:
+        raise ValueError(f"no seed has both {baseline!r} and {variant!r} runs")
+    base = [float(by_seed[baseline][s]) for s in seeds]
+    other = [float(by_seed[variant][s]) for s in seeds]
+    return {
+        "seeds": seeds,
+        "baseline": base,
+        "variant": other,
+        "wins": sum(o < b for o, b in zip(other, base)),
+        "mean_relative_change": float(np.mean(other) / np.mean(base) - 1.0),
+    }
 
 
 def results_table(summary: dict) -> str:
@@ -325,11 +357,18 @@ def run_replication(config: ReplicationConfig, results_path: str | None = None, 
             logger.info("replication: %s seed %d", variant["name"], seed)
             runs.append(evaluate_run(config, variant, seed, reference, extractor))
     summary = aggregate(runs)
+    baseline = next((v["name"] for v in config.variants if not v["num_prologue_tokens"]), None)
+    paired = {
+        v["name"]: paired_comparison(runs, baseline, v["name"])
+        for v in config.variants
+        if baseline is not None and v["num_prologue_tokens"]
+    }
     results = {
         "config": asdict(config),
         "reference_images": len(test),
         "runs": runs,
         "summary": summary,
+        "paired_fd_no_cfg": paired,
         "table": results_table(summary),
         "wall_seconds": time.time() - start,
     }
@@ -345,4 +384,14 @@ def run_replication(config: ReplicationConfig, results_path: str | None = None, 
     return results
 
 
-__all__ = ["METRICS", "ReplicationConfig", "aggregate", "evaluate_run", "results_table", "run_replication", "sampling_sweep"]
+__all__ = [
+    "METRICS",
+    "PROLOGUE_ONLY_METRICS",
+    "ReplicationConfig",
+    "aggregate",
+    "evaluate_run",
+    "paired_comparison",
+    "results_table",
+    "run_replication",
+    "sampling_sweep",
+]
