@@ -5,6 +5,8 @@
 
 Only the prologue encoder, the Prob-STE quantizer and the compact AR train (L_AR only); the frozen tokenizer is
 any supported VQ model (ours, diffusers VQModel, JanusVQVAE, Emu3VQVAE, ChameleonVQVAE): see docs/prologue_post.md.
+post_B.yaml sets training_mode: official (the authors' Post run: a prologue-encoder step with the AR frozen, then an AR
+step; OfficialProloguePostTrainer, docs/training.md); --training_mode routed trains both in one joint step.
 Then run stage 2 unchanged: examples/pretokenize.py --tokenizer_name_or_path runs/post-B/tokenizer, examples/train_ar.py.
 Flags after --config override the YAML; resume with --resume_from_checkpoint last (or latest / true: the newest
 complete checkpoint; or a checkpoint folder).

@@ -346,6 +346,7 @@ def test_bad_official_post_settings(tmp_path):
     plain_ar = ProloguePostStage1Model(post, tiny_ar(post.config).train())
     with pytest.raises(ValueError, match="use_qk_norm"):
         OfficialProloguePostTrainer(plain_ar, _args(tmp_path))
+    assert not is_official_parametrized(plain_ar.post) and not is_official_parametrized(plain_ar.compact_ar)
     with pytest.raises(ValueError, match="codebook_init"):
         tiny_post_model(codebook_init="uniform")
     post2, ar2, maps, _ = _parametrized_pair()
@@ -422,3 +423,24 @@ def test_post_B_recipe_is_the_official_post_run():
     )
     ar = json.loads(model_args.compact_ar_overrides)
     assert ar["use_qk_norm"] and not ar["tie_word_embeddings"] and ar["num_hidden_layers"] == 7
+
+
+def test_train_post_picks_the_official_trainer(tmp_path, image_dir):
+    import json
+
+    from prologue_hf.testing_post import TINY_POST_KWARGS, tiny_visual_tokenizer
+    from prologue_hf.training.image_data import ImageDataArguments
+    from prologue_hf.training.trainer_post import ProloguePostModelArguments, train_post
+
+    model_args = ProloguePostModelArguments(
+        visual_tokenizer_name_or_path="unused (the adapter is passed in)", num_classes=2,
+        post_overrides=json.dumps({**TINY_POST_KWARGS, "codebook_init": "simvq"}),
+        compact_ar_overrides=json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, **OFFICIAL_AR}),
+    )
+    data_args = ImageDataArguments(train_data=str(image_dir), cache_dir=str(tmp_path / "hf-cache"))
+    args = _args(tmp_path / "out", max_steps=2, save_strategy="steps", save_steps=2)
+    trainer = train_post(model_args, data_args, ProloguePostLossConfig(), args, tiny_visual_tokenizer("janus_vqvae"))
+    assert type(trainer) is OfficialProloguePostTrainer and trainer.state.global_step == 2
+    post = ProloguePostModel.from_pretrained(tmp_path / "out" / "tokenizer")  # the final save, a plain model
+    assert not is_official_parametrized(post) and post.config.codebook_init == "simvq"
+    assert [h["step"] for h in trainer.state.log_history if "enc_loss" in h] == [1, 2]

@@ -153,11 +153,13 @@ class OfficialPrologueTokenizerTrainer(PrologueTokenizerTrainer):
             "ar": {k: v.clone() for k, v in model.compact_ar.state_dict().items()},
         }
         num_labels = model.compact_ar.vocabulary.num_classes + 1
+        # the AR first: it is the part whose layout can be refused, and nothing is changed before that check
+        ar_map = parametrize_official_ar(model.compact_ar, args.official_cond_dim)
         if post:  # the prologue encoder + quantizer; the frozen visual pathway is not a submodule
             maps = {"enc": parametrize_official_post(model.tokenizer, args.official_cond_dim, num_labels)}
         else:
             maps = dict(zip(("enc", "dec"), parametrize_official_tokenizer(model.tokenizer, args.official_cond_dim, num_labels)))
-        maps["ar"] = parametrize_official_ar(model.compact_ar, args.official_cond_dim)
+        maps["ar"] = ar_map
         generator = torch.Generator().manual_seed(args.seed)
         init_official_parametrization(list(maps.values()), generator=generator)
         if args.official_parametrization_init == "match":
