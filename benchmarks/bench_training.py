@@ -6,10 +6,13 @@ EMA; ``--warmup`` untimed optimizer steps (they include ``torch.compile``'s comp
 
 Trainers (``--size B``: the paper's Base configurations, read from ``examples/configs``):
 
-* ``stage1``: :class:`PrologueTokenizerTrainer` (routed loss), the B tokenizer + the compact AR of
-  ``tokenizer_B.yaml`` (512 x 7, untied), 256 px images decoded from PNG and augmented by the training collator.
-  LPIPS and the GAN are off (LPIPS needs VGG weights that are not downloaded; the official comparison ran without
-  both as well).
+* ``stage1``: the B tokenizer + the compact AR of ``tokenizer_B.yaml`` (512 x 7, untied), 256 px images decoded from
+  PNG and augmented by the training collator, in the training mode of ``--stage1-mode``: ``config`` (default) takes
+  the recipe's ``training_mode`` (``tokenizer_B.yaml``: ``official``; tiny: ``routed``), ``official`` is
+  :class:`OfficialPrologueTokenizerTrainer` (official parameterisation, an encoder + decoder step with the AR frozen,
+  then an AR step on the same ids), ``routed`` is :class:`PrologueTokenizerTrainer` (one joint step of the routed
+  loss). LPIPS and the GAN are off (LPIPS needs VGG weights that are not downloaded; the official comparison ran
+  without both as well).
 * ``stage2``: :class:`PrologueARTrainer`, the B AR (``PrologueARConfig.from_preset("B")``, dropout 0.1, gradient
   clipping 1, an EMA with the official half-life of 2500 steps) on random pretokenized ids of the B tokenizer
   (K = 16, N = 256, 1000 classes; 274 tokens).
@@ -21,7 +24,9 @@ Trainers (``--size B``: the paper's Base configurations, read from ``examples/co
 Per cell: the median over timed steps of the step's wall time (from one ``on_step_end`` to the next) and its split
 into ``data`` (``get_batch_samples``: the DataLoader and collator), ``forward`` (``compute_loss``), ``backward``
 (``accelerator.backward``), ``optimizer`` (gradient clipping, every optimizer's ``step``) and ``overhead`` (the
-rest: EMA update, LR schedules, ``zero_grad``, callbacks, the Trainer's own bookkeeping); images/s (stage 2:
+rest: EMA update, LR schedules, ``zero_grad``, callbacks, the Trainer's own bookkeeping). Stage 1 in the official
+mode runs its own two steps instead of ``compute_loss`` / ``backward``: there ``forward`` is the encoder + decoder
+step and ``backward`` the AR step (each its forward and backward), ``optimizer`` the optimizers' steps; images/s (stage 2:
 sequences/s) at the median step; peak memory (CPU: the process's peak resident set, ``VmHWM``; CUDA:
 ``torch.cuda.max_memory_allocated``); the process's CPU seconds per step (user + system, all its threads: with one
 torch thread, what the step costs whatever else shares the cores). On CUDA every timed region is synchronised.
@@ -85,14 +90,16 @@ def _image_data(workdir: str, count: int, size: int):
     return load_training_images(ImageDataArguments(train_data=folder, cache_dir=os.path.join(workdir, "hf-cache")))
 
 
-def _stage1_args(args, workdir: str, yaml_name: str | None):
+def _stage1_args(args, workdir: str, yaml_name: str | None, training_mode: str = "routed"):
     from prologue_hf.training.trainer_tokenizer import PrologueTokenizerTrainingArguments
 
     settings = dict(learning_rate=1e-4, min_learning_rate=3e-5, max_grad_norm=0.0, ema_halflife_steps=1000.0)
     if yaml_name:  # the paper's optimisation settings that change the per-step work
         settings.update({k: v for k, v in _yaml_fields(yaml_name, PrologueTokenizerTrainingArguments).items()
                          if k in settings})  # fmt: skip
-    return PrologueTokenizerTrainingArguments(**_common_training_args(args, workdir), warmup_steps=1, **settings)
+    return PrologueTokenizerTrainingArguments(
+        **_common_training_args(args, workdir), warmup_steps=1, training_mode=training_mode, **settings
+    )
 
 
 def _common_training_args(args, workdir: str) -> dict:
@@ -131,9 +138,11 @@ def build_stage1(args, workdir: str):
         model_args = PrologueStage1ModelArguments(**_yaml_fields("tokenizer_B.yaml", PrologueStage1ModelArguments))
         loss = _yaml_fields("tokenizer_B.yaml", PrologueStage1LossConfig)
     else:
+        ar = dict(TINY_AR_KWARGS)
+        if getattr(args, "stage1_mode", "config") == "official":  # the official AR layout the official mode needs (tokenizer_B.yaml has it)
+            ar.update(tie_word_embeddings=False, use_qk_norm=True, rope_axes_dim=[6, 4, 6])
         model_args = PrologueStage1ModelArguments(
-            tokenizer_overrides=json.dumps(TINY_TOKENIZER_KWARGS), compact_ar_overrides=json.dumps(TINY_AR_KWARGS),
-            num_classes=2,
+            tokenizer_overrides=json.dumps(TINY_TOKENIZER_KWARGS), compact_ar_overrides=json.dumps(ar), num_classes=2
         )
         loss = {}
     loss.update(perceptual_loss="none", perceptual_weight=0.0, gan_weight=0.0, lecam_weight=0.0, r1_weight=0.0)
@@ -141,9 +150,27 @@ def build_stage1(args, workdir: str):
     model = build_stage1_model(model_args, PrologueStage1LossConfig(**loss))
     size = model.tokenizer.config.image_size
     dataset = _image_data(workdir, args.batch_size * (args.warmup + args.steps), size)
-    training = _stage1_args(args, workdir, "tokenizer_B.yaml" if args.size == "B" else None)
+    yaml_name = "tokenizer_B.yaml" if args.size == "B" else None
+    mode = stage1_training_mode(getattr(args, "stage1_mode", "config"), yaml_name)
+    training = _stage1_args(args, workdir, yaml_name, training_mode=mode)
     collator = ImageTrainingCollator(ImageTransform(size), seed=0)
-    return PrologueTokenizerTrainer(model=model, args=training, train_dataset=dataset, data_collator=collator), size
+    trainer_class = PrologueTokenizerTrainer
+    if mode == "official":
+        from prologue_hf.training.official_trainer import OfficialPrologueTokenizerTrainer
+
+        trainer_class = OfficialPrologueTokenizerTrainer
+    return trainer_class(model=model, args=training, train_dataset=dataset, data_collator=collator), size
+
+
+def stage1_training_mode(requested: str, yaml_name: str | None) -> str:
+    """``routed`` / ``official``; ``config``: the recipe's ``training_mode`` (``routed`` without a recipe file)."""
+    if requested != "config":
+        return requested
+    if yaml_name is None:
+        return "routed"
+    import yaml
+
+    return yaml.safe_load((CONFIGS / yaml_name).read_text()).get("training_mode", "routed")
 
 
 def build_post(args, workdir: str):
@@ -249,12 +276,18 @@ class StepProfiler:
         self._parts = dict.fromkeys(PARTS[:-1], 0.0)
         self._last_end: float | None = None
         self._last_cpu: float | None = None
+        self._open: list[list[float]] = []  # [start, time of wrapped calls inside] of the wrapped calls running now
         self._wrap(trainer, "get_batch_samples", "data")
         self._wrap(trainer, "compute_loss", "forward")
         self._wrap(trainer.accelerator, "backward", "backward")
         self._wrap(trainer.accelerator, "clip_grad_norm_", "optimizer")
         if hasattr(trainer, "_discriminator_step"):
             self._wrap(trainer, "_discriminator_step", "optimizer")
+        stepper = getattr(trainer, "stepper", None)
+        if stepper is not None:  # the official stage-1 mode: its two steps, their optimizer steps counted apart
+            self._wrap(stepper, "encoder_step", "forward")
+            self._wrap(stepper, "ar_step", "backward")
+            self._wrap(stepper, "_step", "optimizer")
         profiler = self
 
         class _Callback(TrainerCallback):
@@ -278,11 +311,15 @@ class StepProfiler:
         original = getattr(owner, name)
 
         def timed(*args, **kwargs):
-            start = self._now()
+            self._open.append([self._now(), 0.0])
             try:
                 return original(*args, **kwargs)
             finally:
-                self._parts[part] += self._now() - start
+                start, inner = self._open.pop()
+                elapsed = self._now() - start
+                self._parts[part] += elapsed - inner  # a wrapped call inside counts for its own part only
+                if self._open:
+                    self._open[-1][1] += elapsed
 
         setattr(owner, name, functools.update_wrapper(timed, original))  # keeps the LR scheduler's step marker
 
@@ -332,6 +369,7 @@ def run_cell(args) -> dict:
         "batch_size": args.batch_size,
         "dtype": args.dtype,
         "compile": args.compile,
+        **({"training_mode": getattr(trainer.args, "training_mode", "routed")} if args.trainer == "stage1" else {}),
         "trained_parameters_m": round(parameters / 1e6, 2),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{torch.get_num_threads()} threads",
         "timed_steps": len(timed),
@@ -358,6 +396,7 @@ def _cell_command(args, trainer: str, dtype: str, compile_: str) -> list[str]:
         sys.executable, os.path.abspath(__file__), "--cell", "--trainer", trainer, "--size", args.size,
         "--batch-size", str(batch), "--dtype", dtype, "--compile-mode", compile_, "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--threads", str(args.threads), "--compile-backend", args.compile_backend,
+        "--stage1-mode", args.stage1_mode,
     ] + ["--activation-checkpointing"] * args.activation_checkpointing  # fmt: skip
 
 
@@ -371,8 +410,9 @@ def markdown_table(results: list[dict]) -> str:
     for r in results:
         rate = r.get("images_per_s", r.get("sequences_per_s"))
         parts = " | ".join(f"{r[f'{p}_s_median']:.3f}" for p in PARTS)
+        trainer = r["trainer"] + (" (official)" if r.get("training_mode") == "official" else "")
         lines.append(
-            f"| {r['trainer']} | {r['size']} | {r['batch_size']} | {r['dtype']} | {r['compile']} | "
+            f"| {trainer} | {r['size']} | {r['batch_size']} | {r['dtype']} | {r['compile']} | "
             f"{r['s_per_step_median']:.3f} | {parts} | {rate:.2f} | {r['peak_rss_mib']:.0f} |"
         )
     return "\n".join(lines)
@@ -388,6 +428,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="torch_compile=False / True (TrainingArguments)")  # fmt: skip
     parser.add_argument("--compile-backend", default="inductor", help="torch_compile_backend of the compiled cells")
     parser.add_argument("--activation-checkpointing", action="store_true", help="stage 2: recompute activations")
+    parser.add_argument("--stage1-mode", choices=["config", "routed", "official"], default="config",
+                        help="stage 1's training_mode (config: the recipe's, tokenizer_B.yaml at B size)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps first (compilation included)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
