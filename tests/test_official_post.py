@@ -3,6 +3,7 @@ AR frozen, then the AR step on the cached ids), its gradient routes, a hand-writ
 gradient accumulation against one big batch, save / reload as plain models, exact resume and the errors."""
 
 import math
+import os
 
 import datasets
 import numpy as np
@@ -444,3 +445,42 @@ def test_train_post_picks_the_official_trainer(tmp_path, image_dir):
     post = ProloguePostModel.from_pretrained(tmp_path / "out" / "tokenizer")  # the final save, a plain model
     assert not is_official_parametrized(post) and post.config.codebook_init == "simvq"
     assert [h["step"] for h in trainer.state.log_history if "enc_loss" in h] == [1, 2]
+
+
+def test_official_post_killed_three_ways_resumes_bit_identical(tmp_path, monkeypatch):
+    """The atomic-checkpoint chain of tests/test_checkpoint_safety.py on the official Post recipe: killed mid-run,
+    while writing a checkpoint and after trainer_state.json, each resume from the newest complete checkpoint ends
+    bit-identical to the uninterrupted run (weights, official_parametrization.safetensors, the stepper's AdamW
+    states in optimizer.pt, scheduler and logged losses)."""
+    import json
+    import signal
+
+    import test_checkpoint_safety
+    from test_checkpoint_safety import COMMON, CONFIGS, _image_folder, _kill_resume_chain
+
+    from prologue_hf.testing_post import tiny_vqmodel
+
+    install = test_checkpoint_safety._install_kill
+
+    def install_kill(point, step):  # the official trainer's training_step does not go through Trainer.training_step
+        if point != "mid_run":
+            return install(point, step)
+        original = OfficialPrologueTokenizerTrainer.training_step
+
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, *args, **kwargs)
+
+        OfficialPrologueTokenizerTrainer.training_step = training_step
+
+    monkeypatch.setattr(test_checkpoint_safety, "_install_kill", install_kill)  # read by the forked child
+
+    tiny_vqmodel().save_pretrained(tmp_path / "vq")
+    images = _image_folder(tmp_path / "images", 16)
+    ar = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, **OFFICIAL_AR}
+    argv = ["--config", str(CONFIGS / "post_tiny_cpu.yaml"), "--visual_tokenizer_name_or_path", str(tmp_path / "vq"),
+            "--train_data", str(images), "--cache_dir", str(tmp_path / "hf-cache"), "--training_mode", "official",
+            "--official_cond_dim", "8", "--max_grad_norm", "0", "--compact_ar_overrides", json.dumps(ar), *COMMON]
+    _kill_resume_chain("train_prologue_post", argv, tmp_path, ("tokenizer", "tokenizer_online", "compact_ar"))
+    assert (tmp_path / "killed" / "checkpoint-8" / OFFICIAL_STATE_NAME).is_file()
