@@ -27,7 +27,8 @@ not batch-size-linear: the discriminator's BatchNorm, the adaptive GAN weight, t
 Not supported (clear errors): tokenizers without prologue tokens, the ``"visual"`` AR target, and ARs without the
 official layout (``use_qk_norm``, ``rope_axes_dim``). ``max_grad_norm`` is not applied (the official stage 1 does not
 clip; the recipes set it to 0). As in the official loop, an optimizer at lr 0 (the first warmup step) does not step.
-Not kept: the official EMA of the compact AR (``ar_ema_halflife``), which only its sampling / evaluation read.
+Not kept: the official EMA of the compact AR (``ar_ema_halflife``), which the official code only saves (its
+sampling during training uses the online AR); nothing trained or saved here depends on it.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def official_settings(
         visual_dropout=loss_config.visual_dropout,
         label_drop_prob=loss_config.ar_label_drop_prob,
         ema_halflife_autoencoder=0.0,  # the Trainer's ModelEMA averages the (parametrized) tokenizer
-        ema_halflife_ar=0.0,  # official ar_ema_halflife: an AR EMA only read by sampling / eval, never by training
+        ema_halflife_ar=0.0,  # official ar_ema_halflife: an AR EMA the official code only saves; never read in training
         **reconstruction,
     )
 
