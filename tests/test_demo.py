@@ -8,9 +8,30 @@ import sys
 
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 
-from prologue_hf.research.demo import DemoConfig, run_demo
+from prologue_hf.research.demo import DemoConfig, _official_ar_rope_axes, run_demo
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"training_mode": "joint"}, "training_mode"),
+        ({"official_parametrization_init": "zero"}, "official_parametrization_init"),
+        ({"stage1_lr_hold_fraction": 1.0}, "stage1_lr_hold_fraction"),
+        ({"prologue_temperature_end": 0.0}, "prologue_temperature_end"),
+    ],
+)
+def test_demo_config_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DemoConfig(**kwargs)
+
+
+def test_official_compact_ar_rope_layout():
+    assert _official_ar_rope_axes(64) == [24, 20, 20]  # the official AR's layout at its head dim
+    assert _official_ar_rope_axes(16) == [6, 4, 6]  # the demo's compact AR (width 64, 4 heads)
+    assert DemoConfig().official_stage1 and not DemoConfig(num_prologue_tokens=0).official_stage1
 
 
 def test_demo_end_to_end_miniature(tmp_path):
@@ -41,6 +62,13 @@ def test_demo_end_to_end_miniature(tmp_path):
     assert 0 < report["visual_codebook"]["usage"] <= 1 and 0 < report["prologue_codebook"]["usage"] <= 1
     assert set(report["test_nll"]) == {"prologue_bits_per_token", "visual_bits_per_token"}
     assert "Fréchet distance on EfficientNet-Lite0" in (out / "report.md").read_text()
+    # stage 1 ran in the official training mode (its checkpoint holds the unfolded parameterisation) and the report
+    # shows the prologue collapse diagnostics (issue 15)
+    assert (out / "stage1" / "official_parametrization.safetensors").is_file()
+    diagnostics = report["prologue_diagnostics"]
+    assert 0 < diagnostics["prologue_distinct_tuples"] <= 1 and diagnostics["prologue_label_mi_bits"] >= 0
+    assert "prologue diagnostics (256 test images)" in (out / "report.md").read_text()
+    assert PIL.Image.open(out / "loss_curves.png").size[0] > 1500  # three panels: stage 1, stage 2, diagnostics
 
     # the saved pipeline reloads in a fresh process with nothing but the package and gives the same images
     script = (

@@ -79,7 +79,7 @@ class DemoConfig:
     stage1_learning_rate: float = 2e-3
     stage1_lr_hold_fraction: float = 0.5
     ar_weight: float = 3.0
-    visual_dropout: float = 0.5
+    visual_dropout: float = 0.9
     gan_weight: float = 0.0
     stage2_steps: int = 400
     stage2_batch_size: int = 48

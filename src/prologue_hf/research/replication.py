@@ -340,6 +340,8 @@ def plot_results(summary: dict, runs: list[dict], path: str) -> None:
 def run_replication(config: ReplicationConfig, results_path: str | None = None, figure_path: str | None = None) -> dict:
     """Train and score every (variant, seed) sequentially; returns ``{"config", "runs", "summary", "table",
     "wall_seconds"}`` (also written to ``results_path`` as JSON, with the plot at ``figure_path``)."""
+    from safetensors.torch import load_file, save_file
+
     from ..evaluation import EfficientNetLite0Features, extract_features
     from ..fashion_mnist import load_fashion_mnist
     from .demo import DemoConfig
@@ -350,7 +352,16 @@ def run_replication(config: ReplicationConfig, results_path: str | None = None, 
     # the FD reference: the whole test split every run is evaluated on (same images for every run)
     test = load_fashion_mnist("test", base.image_size, base.data_source, base.test_per_class)
     extractor = EfficientNetLite0Features().eval()
-    reference = extract_features(extractor, _images_uint8(test)[0].split(64), desc="reference features")["features"]
+    # cached beside the runs: the same test images every invocation (a sweep split over processes pays this once)
+    cache = os.path.join(
+        config.output_dir, f"reference_features_{base.data_source}_{base.image_size}px_{base.test_per_class}.safetensors"
+    )
+    if os.path.isfile(cache):
+        reference = load_file(cache)["features"]
+    else:
+        reference = extract_features(extractor, _images_uint8(test)[0].split(64), desc="reference features")["features"]
+        save_file({"features": reference.contiguous()}, cache + ".tmp")
+        os.replace(cache + ".tmp", cache)  # complete or absent, never half written
     runs = []
     for seed in config.seeds:
         for variant in config.variants:
