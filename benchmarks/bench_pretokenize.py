@@ -10,6 +10,10 @@ Tokenizers: ``tiny`` (``prologue_hf.testing.tiny_tokenizer``: 32px) and ``B``/``
 same 86M ViT in both). Example::
 
     python benchmarks/bench_pretokenize.py --tokenizers tiny B --images 8 --batch-size 4 --json pretokenize.json
+
+``--agreement`` (with ``--dtype bfloat16``) pretokenizes the same images once more in float32 and reports the fraction
+of identical ids (all, prologue, visual): bf16 encodes can pick other codes at near ties. The process's CPU seconds
+are reported next to the wall time (with one thread on shared cores, what the run costs).
 """
 
 from __future__ import annotations
@@ -49,6 +53,16 @@ def build_tokenizer(name: str) -> PrologueTokenizerModel:
     return PrologueTokenizerModel(PrologueTokenizerConfig.from_preset(name)).eval()
 
 
+def id_agreement(dataset, reference) -> dict[str, float]:
+    """Fraction of identical ids of two pretokenized datasets of the same images (all, prologue, visual)."""
+    a, b = dataset.with_format("numpy"), reference.with_format("numpy")
+    order_a, order_b = (np.lexsort((d["crop_index"], d["image_index"])) for d in (a, b))
+    same = {k: np.stack(a[k])[order_a] == np.stack(b[k])[order_b] for k in ("prologue_ids", "visual_ids")}
+    every = np.concatenate([same["prologue_ids"], same["visual_ids"]], axis=1)
+    return {"all": round(float(every.mean()), 5), "prologue": round(float(same["prologue_ids"].mean()), 5),
+            "visual": round(float(same["visual_ids"].mean()), 5)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizers", nargs="+", default=["tiny", "B"], choices=["tiny", "B", "L"])
@@ -59,6 +73,7 @@ def main() -> None:
     parser.add_argument("--crops", default="five", choices=["five", "center"])
     parser.add_argument("--no-hflip", action="store_true")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--agreement", action="store_true", help="also encode in float32 and compare the ids")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -76,9 +91,9 @@ def main() -> None:
                 num_workers=args.num_workers,
                 shard_size=max(args.images // 2, 1),
             )
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             ds = pretokenize_dataset(tokenizer, source, config, process_index=0, num_processes=1)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             results.append(
                 {
                     "tokenizer": name,
@@ -93,8 +108,16 @@ def main() -> None:
                     "seconds": round(elapsed, 2),
                     "images_per_s": round(args.images / elapsed, 3),
                     "rows_per_s": round(len(ds) / elapsed, 2),
+                    "cpu_seconds": round(cpu_seconds, 2),
+                    "images_per_cpu_s": round(args.images / cpu_seconds, 4),
                 }
             )
+            if args.agreement and args.dtype != "float32":
+                reference = build_tokenizer(name).to(device, torch.float32)
+                config.output_dir = os.path.join(root, f"ids-{name}-float32")
+                results[-1]["agreement_with_float32"] = id_agreement(
+                    ds, pretokenize_dataset(reference, source, config, process_index=0, num_processes=1)
+                )
             print(json.dumps(results[-1]), flush=True)
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]}}
     report["results"] = results

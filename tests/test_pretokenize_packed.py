@@ -71,3 +71,17 @@ def test_fp32_encoder_keeps_plain_linears(image_folder, tmp_path, monkeypatch):
     calls = _spy(monkeypatch)
     _ids(tiny_tokenizer(seed=0), image_folder, tmp_path / "fp32")
     assert calls == []
+
+
+def test_bench_pretokenize_id_agreement_matches_rows_by_image_and_crop(load_example):
+    import datasets
+
+    bench = load_example("bench_pretokenize", folder="benchmarks")
+    rows = {"image_index": [0, 0, 1, 1], "crop_index": [0, 1, 0, 1],
+            "prologue_ids": [[1, 2], [3, 4], [5, 6], [7, 8]], "visual_ids": [[1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4]]}
+    ours = datasets.Dataset.from_dict(rows)
+    order = [3, 1, 2, 0]  # the reference lists the same rows in another order, one visual id differs
+    reference = {k: [v[i] for i in order] for k, v in rows.items()}
+    reference["visual_ids"][0] = [4, 4, 9]  # image 1, crop 1
+    agreement = bench.id_agreement(ours, datasets.Dataset.from_dict(reference))
+    assert agreement == pytest.approx({"all": 19 / 20, "prologue": 1.0, "visual": 11 / 12}, abs=1e-5)
