@@ -74,7 +74,7 @@ class DemoConfig:
     ar_width: int = 128
     ar_layers: int = 4
     ar_heads: int = 4
-    stage1_steps: int = 400
+    stage1_steps: int = 450
     stage1_batch_size: int = 32
     stage1_learning_rate: float = 2e-3
     stage1_lr_hold_fraction: float = 0.5

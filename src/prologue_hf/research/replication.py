@@ -77,7 +77,7 @@ class ReplicationConfig:
             {"name": "prologue_k4", "num_prologue_tokens": 4},
         ]
     )
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     probe_tokens: int = 4
     demo_overrides: dict = field(default_factory=dict)
     fd_images_per_class: int = 30
