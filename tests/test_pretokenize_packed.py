@@ -52,14 +52,13 @@ def _spy(monkeypatch):
 
 def test_bf16_encoder_runs_packed_with_the_same_ids(image_folder, tmp_path, monkeypatch):
     tokenizer = tiny_tokenizer(seed=0).to(torch.bfloat16)
-    monkeypatch.setattr(shards, "_packed_encoder", lambda tokenizer, rows: contextlib.nullcontext([]))
+    monkeypatch.setattr(shards, "_packed_encoder", lambda tokenizer: contextlib.nullcontext([]))
     unpacked = _ids(tokenizer, image_folder, tmp_path / "unpacked")  # the plain bf16 products
     monkeypatch.undo()
     calls = _spy(monkeypatch)
     packed = _ids(tokenizer, image_folder, tmp_path / "packed")
     assert len(calls) == 2  # once per shard (6 images, 4 per shard), on the encoder only
-    rows = 2 * 10 * (tokenizer.config.num_prologue_tokens + 16)  # first batch: 2 images x 10 views x tokens
-    assert all(model is tokenizer.encoder and r == rows for model, r, _ in calls)
+    assert all(model is tokenizer.encoder and r == shards.PACKED_ROWS_HINT for model, r, _ in calls)
     if packed_kernel(torch.bfloat16, torch.device("cpu")) == "onednn":
         assert all(swapped and all(isinstance(m, PackedLinear) for m in swapped) for _, _, swapped in calls)
     assert unpacked.shape == (60, tokenizer.config.num_prologue_tokens + 16) and len(np.unique(unpacked)) > 4

@@ -84,7 +84,14 @@ def encode_views(tokenizer: PrologueTokenizerModel, views: torch.Tensor) -> tupl
     return prologue, encoded.visual_ids.cpu()
 
 
-def _packed_encoder(tokenizer, rows: int) -> contextlib.AbstractContextManager:
+# oneDNN's reordered weight takes the row count as a layout hint only (any row count runs on it), while building it
+# checks each weight on a probe of that many rows: at a batch's thousands of rows the probe alone cost two encoder
+# passes per shard (B encoder: 7.7 CPU s to pack against 3.7 s to encode 10 views), at 64 rows 0.3 s, with the same
+# speed-up of the encode itself
+PACKED_ROWS_HINT = 64
+
+
+def _packed_encoder(tokenizer, rows: int = PACKED_ROWS_HINT) -> contextlib.AbstractContextManager:
     """While pretokenizing: a bfloat16 CPU encoder runs its linears on weights reordered once for oneDNN
     (:func:`~prologue_hf.models.packed_linear.packed_linears`: ~10 % less time on the B encoder, with the same ids
     as the plain bf16 product on the 20 views measured, docs/benchmarks.md). float32 gains nothing at pretokenization's thousands of rows (MKL's packed SGEMM times
@@ -113,9 +120,8 @@ def _encode_batches(tokenizer, batches, info: PretokenizedInfo, views: TenCropVi
             progress.update(batch_skipped)
             if pixels is None:
                 continue
-            if not packed:  # laid out once per shard, for its first batch's rows
-                rows = pixels.shape[0] * (info.num_prologue_tokens + info.num_visual_tokens)
-                stack.enter_context(_packed_encoder(tokenizer, rows))
+            if not packed:  # laid out once per shard
+                stack.enter_context(_packed_encoder(tokenizer))
                 packed = True
             prologue, visual = encode_views(tokenizer, pixels)
             if prologue is None:
