@@ -216,7 +216,9 @@ class OfficialPrologueTokenizerTrainer(PrologueTokenizerTrainer):
         last = self.accelerator.sync_gradients
         extra = self._generator_terms if stage1.perceptual is not None or stage1.discriminator is not None else None
         try:
-            with self.compute_loss_context_manager():
+            # the stepper calls the modules directly, not the prepared model whose forward accelerate wraps in its
+            # mixed-precision autocast (the Trainer's own context is empty): --bf16 needs the autocast here
+            with self.compute_loss_context_manager(), self.accelerator.autocast():
                 enc = self.stepper.encoder_step(pixel_values, labels, extra_loss=extra, loss_scale=scale, update=last)
                 ars = []
                 while last and self.stepper.pending_ar_steps:
