@@ -266,7 +266,9 @@ def _loss_curves(stage1_history: list[dict], stage2_history: list[dict], path: s
     fig, axes = plt.subplots(1, 3 if has_diagnostics else 2, figsize=(16 if has_diagnostics else 11, 3.8))
     for key in sorted({k for row in stage1_history for k in row}):
         points = [(row["step"], row[key]) for row in stage1_history if key in row and "step" in row]
-        if key.startswith(("loss_l1", "loss_ar", "loss_vq", "ar_ce")) or key in ("l1", "ar_ce", "loss"):
+        # routed: loss_* / ar_ce; official: the encoder step's L1 and prior CE parts, and the AR step's CE
+        official = ("enc_l1_loss", "enc_semantic_prior_enc_loss", "enc_visual_prior_enc_loss", "ar_prior_ar_loss")
+        if key.startswith(("loss_l1", "loss_ar", "loss_vq", "ar_ce")) or key in ("l1", "ar_ce", "loss", *official):
             if points:
                 axes[0].plot(*zip(*points), label=key)
     axes[0].set_title("stage 1 (tokenizer + compact AR)")
