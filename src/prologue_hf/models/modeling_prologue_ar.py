@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers.cache_utils import Cache
@@ -26,7 +27,6 @@ from transformers.models.llama.modeling_llama import (
     LlamaPreTrainedModel,
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
-    apply_rotary_pos_emb,
     eager_attention_forward,
 )
 from transformers.utils import logging
@@ -52,15 +52,60 @@ class PrologueARRotaryEmbedding(LlamaRotaryEmbedding):
         inv_freq[: axis_dim // 2] = 1.0 / (base ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)).float()
         return inv_freq, 1.0
 
+    def forward(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, signed_sin)``, each ``[B, 1, L, head_dim]`` in ``x``'s dtype, for :func:`apply_rotary`: Llama's
+        cos / sin with the head axis added and the first half of sin negated, done once per forward instead of in
+        every layer."""
+        cos, sin = super().forward(x, position_ids)  # [B, L, head_dim]
+        half = sin.shape[-1] // 2
+        signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        return cos[:, None], signed_sin[:, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Llama's RoPE (half-split layout) of ``x`` ``[B, heads, L, head_dim]``: ``x * cos + rotate_half(x) * sin``.
+
+    ``rotate_half(x) * sin`` is ``[-x2, x1] * [s1, s2]``, which is ``roll(x, half) * [-s1, s2]`` exactly (negation is
+    exact), so with the sign folded into the sine once per forward (:class:`PrologueARRotaryEmbedding`) a rotation
+    costs four ops instead of seven; the values and gradients are bit-identical to
+    ``transformers``' ``apply_rotary_pos_emb`` (tested). Few ops matter when decoding a token at a time, where each
+    op works on a few rows.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
+class PrologueARRMSNorm(LlamaRMSNorm):
+    """:class:`LlamaRMSNorm` (same parameter, same values) computed by ``F.rms_norm`` on CPU.
+
+    On CPU ``F.rms_norm`` runs Llama's ops (square, mean, add eps, rsqrt, multiply, in float32 for a half-precision
+    input, rounded once at the end) inside one call, so forward and gradients are bit-identical (tested): one op
+    instead of six for float32 (the weight multiply goes inside too), two instead of eight for bfloat16 / float16
+    (the weight multiply stays outside, after the rounding, as in Llama). Few ops matter when decoding a token at a
+    time. Other devices and dtypes keep Llama's form: CUDA's fused kernel reduces in another order, and training
+    numerics there stay exactly Llama's.
+    """
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if hidden_states.device.type == "cpu":
+            if hidden_states.dtype == self.weight.dtype == torch.float32:
+                return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.variance_epsilon)
+            if hidden_states.dtype in (torch.bfloat16, torch.float16):
+                return self.weight * F.rms_norm(hidden_states, self.weight.shape, eps=self.variance_epsilon)
+        return super().forward(hidden_states)
+
 
 class PrologueARAttention(LlamaAttention):
-    """Llama attention with optional per-head q/k RMSNorm (applied before RoPE, as the official AR)."""
+    """Llama attention with optional per-head q/k RMSNorm (applied before RoPE, as the official AR).
+
+    ``position_embeddings`` are :class:`PrologueARRotaryEmbedding`'s ``(cos, signed_sin)``.
+    """
 
     def __init__(self, config: PrologueARConfig, layer_idx: int):
         super().__init__(config, layer_idx)
-        if config.use_qk_norm:
-            self.q_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
-            self.k_norm = LlamaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        self.use_qk_norm = bool(config.use_qk_norm)
+        if self.use_qk_norm:
+            self.q_norm = PrologueARRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = PrologueARRMSNorm(self.head_dim, eps=config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = nn.Identity()
 
@@ -74,12 +119,15 @@ class PrologueARAttention(LlamaAttention):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query_states = self.q_norm(self.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
-        key_states = self.k_norm(self.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+        query_states = self.q_proj(hidden_states).view(hidden_shape)
+        key_states = self.k_proj(hidden_states).view(hidden_shape)
         value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if self.use_qk_norm:  # checked here, not by calling nn.Identity: a module call per layer saved when decoding
+            query_states, key_states = self.q_norm(query_states), self.k_norm(key_states)
 
-        cos, sin = position_embeddings
-        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        cos, signed_sin = position_embeddings
+        query_states = apply_rotary(query_states.transpose(1, 2), cos, signed_sin)
+        key_states = apply_rotary(key_states.transpose(1, 2), cos, signed_sin)
         if cache is not None:
             key_states, value_states = cache.update(key_states, value_states, self.layer_idx, kwargs=kwargs)
 
@@ -106,6 +154,8 @@ class PrologueARDecoderLayer(LlamaDecoderLayer):
     def __init__(self, config: PrologueARConfig, layer_idx: int):
         super().__init__(config, layer_idx)
         self.self_attn = PrologueARAttention(config, layer_idx)
+        self.input_layernorm = PrologueARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = PrologueARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(
@@ -127,9 +177,13 @@ class PrologueARDecoderLayer(LlamaDecoderLayer):
             position_embeddings=position_embeddings,
             **kwargs,
         )
-        hidden_states = hidden_states + self.hidden_dropout(attn_out)
+        if self.training:  # dropout is the identity in eval mode; not calling it saves two module calls per layer
+            attn_out = self.hidden_dropout(attn_out)
+        hidden_states = hidden_states + attn_out
         mlp_out = self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states + self.hidden_dropout(mlp_out)
+        if self.training:
+            mlp_out = self.hidden_dropout(mlp_out)
+        return hidden_states + mlp_out
 
 
 class PrologueARPreTrainedModel(StrictLoadingMixin, LlamaPreTrainedModel):
@@ -170,7 +224,7 @@ class PrologueARModel(PrologueARPreTrainedModel, LlamaModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.layers = nn.ModuleList(PrologueARDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = PrologueARRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = PrologueARRotaryEmbedding(config=config)
         self.gradient_checkpointing = False
         self.post_init()
@@ -181,7 +235,9 @@ class PrologueARModel(PrologueARPreTrainedModel, LlamaModel):
         if input_ids is not None:
             check_ids_in_range(input_ids, self.vocab_size, synchronize=input_ids.device.type == "cpu")
             inputs_embeds = self.embed_tokens(input_ids)
-        return LlamaModel.forward(self, inputs_embeds=self.embedding_dropout(inputs_embeds), **kwargs)
+        if self.training:
+            inputs_embeds = self.embedding_dropout(inputs_embeds)
+        return LlamaModel.forward(self, inputs_embeds=inputs_embeds, **kwargs)
 
 
 class PrologueARForCausalLM(PrologueARPreTrainedModel, LlamaForCausalLM):
@@ -295,5 +351,7 @@ __all__ = [
     "PrologueARPreTrainedModel",
     "PrologueARAttention",
     "PrologueARDecoderLayer",
+    "PrologueARRMSNorm",
     "PrologueARRotaryEmbedding",
+    "apply_rotary",
 ]

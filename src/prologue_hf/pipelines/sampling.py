@@ -21,7 +21,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from ..models.modeling_prologue_ar import PrologueARForCausalLM
-from ..models.packed_linear import packed_linears
+from ..models.packed_linear import SegmentHead, packed_linears
 from ..vocabulary import PrologueVocabulary
 from .filters import filter_and_draw
 from .kv_cache import PreallocatedCache
@@ -61,10 +61,18 @@ class _Decoder:
         self.cache = PreallocatedCache(ar.config.num_hidden_layers, max_length) if use_cache else None
         self.prefix: torch.Tensor | None = None  # [R, L], without a cache only
         self.length = 0
+        head = ar.get_output_embeddings()
+        # the swapped-in head that computes one step's id range (packed_linears(head_ranges=...)), if any
+        self.head = head if isinstance(head, SegmentHead) else None
+        self.step_ranges = ar.config.vocabulary.step_id_ranges()
 
     def __call__(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
-        """Append ``ids`` ``[R, L]``; logits ``[R, keep, vocab]`` of the last ``keep`` positions."""
+        """Append ``ids`` ``[R, L]``; logits ``[R, keep, vocab]`` of the last ``keep`` positions. With a
+        :class:`SegmentHead`, a call that keeps one position computes only the logits of the ids its step may
+        produce (the others are 0; the step's mask sets them to ``-inf``)."""
         start, self.length = self.length, self.length + ids.shape[1]
+        if self.head is not None:
+            self.head.active = self.step_ranges[self.length - 1] if keep == 1 else None
         if self.cache is None:
             self.prefix = ids if self.prefix is None else torch.cat([self.prefix, ids], dim=1)
             ids, start = self.prefix, 0
@@ -214,7 +222,7 @@ def generate_ids(
     device = execution_device(ar) if device is None else torch.device(device)
     plan = StepPlan.build(vocab, sampling, device)
     rows = 2 * class_ids.shape[0] if plan.unconditional_steps > 0 else class_ids.shape[0]
-    packing = packed_linears(ar, rows) if pack_weights else contextlib.nullcontext()
+    packing = packed_linears(ar, rows, vocab.step_id_ranges()) if pack_weights else contextlib.nullcontext()
     with packing, _progress(progress_bar, plan.num_steps) as bar:
 
         def report(step: int, ids: torch.Tensor) -> None:
