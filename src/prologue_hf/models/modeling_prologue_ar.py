@@ -9,6 +9,9 @@ With default settings this *is* Llama (same modules, same state-dict keys; ``sav
 * ``embedding_dropout`` / ``hidden_dropout``: the paper's stage-2 dropouts (0.1 each).
 
 GEGLU is Llama's MLP with ``hidden_act="gelu_pytorch_tanh"`` (the default here).
+
+The norm (:class:`PrologueARRMSNorm`) and the RoPE (:func:`apply_rotary`) compute Llama's values and gradients bit for
+bit with fewer small ops, which is what a token-at-a-time decode step on CPU pays for (docs/sampling.md).
 """
 
 from __future__ import annotations
