@@ -304,7 +304,10 @@ def test_trainer_gradient_accumulation_equals_the_big_batch_run(tmp_path):
     for module in ("post", "compact_ar"):
         a, b = _state(getattr(big.model, module)), _state(getattr(small.model, module))
         for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=0, atol=2e-6, msg=key)
+            # float rounding of batch 4 vs 2 x 2, magnified by AdamW on near-zero gradients: 1.3e-6 with the plain
+            # head + CE, 3.2e-6 with the trainer's fused head + CE (prologue_ar_loss_from_hidden); a wrong id cache or
+            # update order moves weights by ~lr (3e-4)
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=5e-6, msg=key)
     big_logs = [h for h in big.state.log_history if "loss" in h]
     small_logs = [h for h in small.state.log_history if "loss" in h]
     assert [h["step"] for h in small_logs] == [1, 2]

@@ -198,7 +198,7 @@ def replay_official_step_fixture(folder: str | Path) -> ParityReport:
     settings = OfficialStage1Settings.from_official_config(config)
     models = load_official_stage1(folder / "start", config)
     maps = models.maps()
-    stepper = OfficialStage1Stepper(models.tokenizer, models.ar, maps, settings)
+    stepper = OfficialStage1Stepper(models.tokenizer, models.ar, maps, settings, keep_ar_logits=True)
 
     inputs = load_file(str(folder / "inputs.safetensors"))
     draws = load_file(str(folder / "random_draws.safetensors"))

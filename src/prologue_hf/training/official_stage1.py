@@ -39,7 +39,7 @@ from ..models.modeling_prologue_ar import PrologueARForCausalLM
 from ..models.modeling_prologue_post import ProloguePostModel
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel, patchify
 from ..models.official_parametrization import OfficialParameterMap
-from .losses import prologue_ar_loss
+from .losses import prologue_ar_loss, prologue_ar_loss_from_hidden
 from .optimizers import build_adamw
 
 
@@ -195,6 +195,11 @@ class OfficialStage1Stepper:
         maps: ``{"enc", "dec", "ar"}`` official parameter maps (from the parametrization / the converter); no
             ``"dec"`` for a :class:`ProloguePostModel`.
         settings: :class:`OfficialStage1Settings`.
+        keep_ar_logits: also return the AR logits ``[B, T, V + P + 1]`` of every step (``tensors["ar_logits"]``,
+            for the fixture replay). Without them (the trainer) the LM head runs fused with the cross-entropy
+            (:func:`~prologue_hf.training.losses.prologue_ar_loss_from_hidden`, on the predicting positions only),
+            so the float logits, their log-softmax and its backward are never materialised; with them the loss
+            takes the same fused path and the logits are an extra no-grad head product.
     """
 
     def __init__(
@@ -203,6 +208,7 @@ class OfficialStage1Stepper:
         ar: PrologueARForCausalLM,
         maps: dict[str, OfficialParameterMap],
         settings: OfficialStage1Settings,
+        keep_ar_logits: bool = False,
     ):
         if tokenizer.prologue_quantizer is None or not ar.vocabulary.has_prologue:
             raise ValueError("the official stage-1 step needs a Prologue tokenizer (K > 0) and a matching AR")
@@ -212,6 +218,7 @@ class OfficialStage1Stepper:
             kind = "a ProloguePostModel" if self.is_post else "a PrologueTokenizerModel"
             raise ValueError(f"maps of {kind} must be {sorted(expected)}, got {sorted(maps)}")
         self.tokenizer, self.ar, self.maps, self.settings = tokenizer, ar, maps, settings
+        self.keep_ar_logits = keep_ar_logits
         self.encoder_modules = ("enc",) if self.is_post else ("enc", "dec")
         s = settings
         self.parameters = {name: _unique_parameters(m) for name, m in maps.items()}
@@ -230,6 +237,10 @@ class OfficialStage1Stepper:
         )
         rates = {"enc": s.ema_halflife_autoencoder, "dec": s.ema_halflife_autoencoder, "ar": s.ema_halflife_ar}
         self.ema_rates = {k: ema_rate(rates[k]) for k in maps}
+        # the official update ``ema.copy_(p.lerp(ema, rate))`` equals, bit for bit, the in-place
+        # ``ema.lerp_(p, 1 - rate)`` when ``1 - rate`` is taken in float32 (both round ``ema + (1 - rate) * (p - ema)``
+        # once): no new tensor and no copy per parameter and step
+        self.ema_weights = {k: float(1.0 - torch.tensor(r, dtype=torch.float32)) for k, r in self.ema_rates.items()}
         self.ema = {k: [p.detach().clone() for p in self.parameters[k]] for k, r in self.ema_rates.items() if r > 0}
         self._pending: list[dict[str, torch.Tensor]] = []  # ids of encoder micro-steps whose AR step is due
         self._encoder_update_due = False
@@ -253,8 +264,7 @@ class OfficialStage1Stepper:
     @torch.no_grad()
     def _ema_update(self, module: str) -> None:
         if module in self.ema:
-            for p, e in zip(self.parameters[module], self.ema[module]):
-                e.copy_(p.detach().lerp(e, self.ema_rates[module]))
+            torch._foreach_lerp_(self.ema[module], [p.detach() for p in self.parameters[module]], self.ema_weights[module])
 
     def _step(self, modules: tuple[str, ...]) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -278,16 +288,26 @@ class OfficialStage1Stepper:
     def _ar_terms(
         self, class_ids: torch.Tensor, visual_ids: torch.Tensor, prologue_ids: torch.Tensor,
         prologue_soft_onehot: torch.Tensor | None, drop: torch.Tensor, weights: tuple[float, float, float],
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor]:
+        """``(loss, logged parts and hit rates, logits [B, T, V + P + 1] (None unless keep_ar_logits), targets [B, T])``."""
         vocabulary = self.ar.vocabulary
         embeds = self.ar.embed_sequence(
             class_ids, visual_ids=visual_ids, prologue_soft_onehot=prologue_soft_onehot, prologue_ids=prologue_ids,
             drop_visual=drop if bool(drop.any()) else None,
         )
-        # the official logits have only V + P + 1 columns (no class ids): the CE runs over those
-        logits = self.ar(inputs_embeds=embeds).logits[..., : vocabulary.class_offset]
         sequence = vocabulary.build_sequence(class_ids, visual_ids, prologue_ids)
-        out = prologue_ar_loss(logits, sequence, vocabulary, segment_weights=weights)
+        # the official logits have only V + P + 1 columns (no class ids): the CE runs over those
+        columns = vocabulary.class_offset
+        logits = None
+        if self.ar.lm_head.bias is None:
+            hidden = self.ar.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+            out = prologue_ar_loss_from_hidden(hidden, self.ar.lm_head.weight[:columns], sequence, vocabulary, weights)
+            if self.keep_ar_logits:
+                with torch.no_grad():
+                    logits = self.ar.lm_head(hidden)[..., :columns]
+        else:
+            logits = self.ar(inputs_embeds=embeds).logits[..., :columns]
+            out = prologue_ar_loss(logits, sequence, vocabulary, segment_weights=weights)
         numel = out.token_loss.numel()
         parts = {seg: out.segment_stats[i, 0] / numel for i, seg in enumerate(("semantic", "eos", "visual"))}
         correct = out.correct.float()
@@ -297,7 +317,7 @@ class OfficialStage1Stepper:
             "semantic_correct_token_rate": correct[:, positions["prologue"]].mean(),
             "visual_correct_token_rate": correct[:, positions["visual"]].mean(),
         }
-        return out.loss, {**parts, **metrics}, logits[:, :-1], sequence[:, 1:]
+        return out.loss, {**parts, **metrics}, None if logits is None else logits[:, :-1].detach(), sequence[:, 1:]
 
     def zero_grad(self) -> None:
         """Drop every gradient of the trained modules and every pending micro-step."""
@@ -426,10 +446,11 @@ class OfficialStage1Stepper:
             **extra_metrics,
         }
         tensors = {
-            "indices": torch.cat([out.prologue_ids, out.visual_ids], dim=1).detach(), "ar_logits": logits.detach(),
-            "ar_targets": targets, "visual_drop_mask": drop, "class_ids": class_ids,
+            "indices": torch.cat([out.prologue_ids, out.visual_ids], dim=1).detach(), "ar_targets": targets, "visual_drop_mask": drop, "class_ids": class_ids,
             "prologue_logits": out.prologue_logits.detach(), **ae_tensors,
         }
+        if logits is not None:
+            tensors["ar_logits"] = logits
         return OfficialStepOutput({k: v.detach().float() for k, v in losses.items()}, tensors, grad_norms)
 
     def update_encoder(self) -> None:
@@ -476,7 +497,9 @@ class OfficialStage1Stepper:
             "semantic_correct_token_rate": parts["semantic_correct_token_rate"],
             "visual_correct_token_rate": parts["visual_correct_token_rate"],
         }
-        tensors = {"ar_logits": logits.detach(), "ar_targets": targets, "visual_drop_mask": drop}
+        tensors = {"ar_targets": targets, "visual_drop_mask": drop}
+        if logits is not None:
+            tensors["ar_logits"] = logits
         return OfficialStepOutput({k: v.detach().float() for k, v in losses.items()}, tensors, grad_norms)
 
     @property
