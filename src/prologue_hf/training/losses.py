@@ -454,6 +454,47 @@ def prologue_ar_loss_from_hidden(
         token_loss.view_as(targets), correct.view_as(targets), targets, vocabulary, segment_weights
     )
 
+def causal_lm_prologue_ar_loss(
+    ar: nn.Module,
+    sequence: torch.Tensor,
+    vocabulary: PrologueVocabulary,
+    segment_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    inputs_embeds: torch.Tensor | None = None,
+    num_columns: int | None = None,
+    keep_logits: bool = False,
+) -> tuple[PrologueARLossOutput, torch.Tensor | None]:
+    """:func:`prologue_ar_loss` of a :class:`~prologue_hf.PrologueARForCausalLM` run on ``sequence``, the one place
+    that picks between the fused and the plain head: a bias-free head runs fused with the cross-entropy
+    (:func:`prologue_ar_loss_from_hidden` on the decoder stack's hidden states), a head with a bias through
+    ``ar(...).logits``.
+
+    Args:
+        ar: the (unwrapped) AR model (``.model`` the decoder stack, ``.lm_head`` the head).
+        sequence: ``[B, 1 + K + 1 + N]`` ids, the targets; also the input unless ``inputs_embeds`` is given.
+        vocabulary, segment_weights: as :func:`prologue_ar_loss`.
+        inputs_embeds: ``[B, L, hidden]``, fed instead of ``sequence`` (e.g. soft prologue embeddings).
+        num_columns: score the first ``num_columns`` head rows only (the official compact AR's ``V + P + 1``: its
+            logits have no class ids); ``None`` = the whole vocabulary.
+        keep_logits: also return the fused path's logits (an extra no-grad head product).
+
+    Returns ``(loss output, logits [B, L, columns])``; the logits are ``None`` on the fused path without
+    ``keep_logits``.
+    """
+    inputs = {"input_ids": sequence} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+    columns = slice(None) if num_columns is None else slice(0, num_columns)
+    if ar.lm_head.bias is None:
+        hidden = ar.model(**inputs, use_cache=False).last_hidden_state
+        weight = ar.lm_head.weight if num_columns is None else ar.lm_head.weight[columns]
+        out = prologue_ar_loss_from_hidden(hidden, weight, sequence, vocabulary, segment_weights)
+        logits = None
+        if keep_logits:
+            with torch.no_grad():
+                logits = ar.lm_head(hidden)[..., columns]
+        return out, logits
+    logits = ar(**inputs, use_cache=False).logits[..., columns]
+    return prologue_ar_loss(logits, sequence, vocabulary, segment_weights), logits
+
+
 # ============================================================================================ routed AR loss
 def prepare_class_labels(labels: torch.Tensor | None, batch_size: int, num_classes: int, drop_prob: float, device) -> torch.Tensor:
     """Labels for the compact AR's class token: ``[B]`` in ``[0, C]`` where ``C`` is the null class.
@@ -566,6 +607,7 @@ __all__ = [
     "RoutedARLossOutput",
     "prologue_ar_loss",
     "prologue_ar_loss_from_hidden",
+    "causal_lm_prologue_ar_loss",
     "routed_ar_loss",
     "prepare_class_labels",
     "discriminator_loss",

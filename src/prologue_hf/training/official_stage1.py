@@ -39,7 +39,7 @@ from ..models.modeling_prologue_ar import PrologueARForCausalLM
 from ..models.modeling_prologue_post import ProloguePostModel
 from ..models.modeling_prologue_tokenizer import PrologueTokenizerModel, patchify
 from ..models.official_parametrization import OfficialParameterMap
-from .losses import prologue_ar_loss, prologue_ar_loss_from_hidden
+from .losses import causal_lm_prologue_ar_loss
 from .optimizers import build_adamw
 
 
@@ -297,17 +297,10 @@ class OfficialStage1Stepper:
         )
         sequence = vocabulary.build_sequence(class_ids, visual_ids, prologue_ids)
         # the official logits have only V + P + 1 columns (no class ids): the CE runs over those
-        columns = vocabulary.class_offset
-        logits = None
-        if self.ar.lm_head.bias is None:
-            hidden = self.ar.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
-            out = prologue_ar_loss_from_hidden(hidden, self.ar.lm_head.weight[:columns], sequence, vocabulary, weights)
-            if self.keep_ar_logits:
-                with torch.no_grad():
-                    logits = self.ar.lm_head(hidden)[..., :columns]
-        else:
-            logits = self.ar(inputs_embeds=embeds).logits[..., :columns]
-            out = prologue_ar_loss(logits, sequence, vocabulary, segment_weights=weights)
+        out, logits = causal_lm_prologue_ar_loss(
+            self.ar, sequence, vocabulary, weights, inputs_embeds=embeds, num_columns=vocabulary.class_offset,
+            keep_logits=self.keep_ar_logits,
+        )
         numel = out.token_loss.numel()
         parts = {seg: out.segment_stats[i, 0] / numel for i, seg in enumerate(("semantic", "eos", "visual"))}
         correct = out.correct.float()

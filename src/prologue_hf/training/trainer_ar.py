@@ -37,7 +37,7 @@ from ..models import PrologueARConfig, PrologueARForCausalLM, PrologueTokenizerM
 from ..vocabulary import SEGMENTS, PrologueVocabulary
 from .ema import ModelEMA
 from .launch import accelerate_requested, check_distributed_launch
-from .losses import prepare_class_labels, prologue_ar_loss, prologue_ar_loss_from_hidden
+from .losses import causal_lm_prologue_ar_loss, prepare_class_labels, prologue_ar_loss
 from .pretokenize import PretokenizedInfo
 from .recipe import (
     EMA_DIR,
@@ -307,15 +307,11 @@ class PrologueARTrainer(RecipeTrainerMixin, Trainer):
             class_labels = self._class_dropout(class_labels)
         input_ids = self.vocabulary.build_sequence(class_labels, inputs["visual_ids"], inputs.get("prologue_ids"))
         outputs = None
-        fused = self.args.fused_head_loss and not return_outputs and isinstance(model, PrologueARForCausalLM)
-        if fused and model.lm_head.bias is None:
+        if self.args.fused_head_loss and not return_outputs and isinstance(model, PrologueARForCausalLM):
             # the decoder stack, then head + CE fused: the [B, T, vocab] logits are never stored (same math).
             # accelerate puts mixed precision on the prepared model's forward, which this bypasses: same autocast here
             with self.accelerator.autocast():
-                hidden = model.model(input_ids=input_ids, use_cache=False).last_hidden_state
-                result = prologue_ar_loss_from_hidden(
-                    hidden, model.lm_head.weight, input_ids, self.vocabulary, self.args.segment_weights
-                )
+                result, _ = causal_lm_prologue_ar_loss(model, input_ids, self.vocabulary, self.args.segment_weights)
         else:
             outputs = model(input_ids=input_ids, use_cache=False)
             result = prologue_ar_loss(outputs.logits, input_ids, self.vocabulary, self.args.segment_weights)

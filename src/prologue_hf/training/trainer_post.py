@@ -54,16 +54,20 @@ class ProloguePostTrainer(PrologueTokenizerTrainer):
 
     def __init__(self, model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments, **kwargs):
         self._check_post_arguments(model, args)
-        mode = getattr(args, "training_mode", "routed")
-        if (mode == "official") != isinstance(self, OfficialProloguePostTrainer):
-            raise ValueError(
-                f"training_mode={mode!r} needs {'OfficialProloguePostTrainer' if mode == 'official' else 'ProloguePostTrainer'} "
-                f"(got {type(self).__name__}); train_post picks the class from training_mode"
-            )
         super().__init__(model, args, **kwargs)
 
-    @staticmethod
-    def _check_post_arguments(model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments) -> None:
+    def _check_post_arguments(self, model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments) -> None:
+        """The Post trainers' argument checks (also the class against ``training_mode``), run before anything is
+        built or parametrized."""
+        mode = getattr(args, "training_mode", "routed")
+        official = isinstance(self, OfficialProloguePostTrainer)
+        if (mode == "official") != official:
+            raise ValueError(
+                f"{type(self).__name__} needs training_mode={'official' if official else 'routed'!r}, got {mode!r}; "
+                f"training_mode={mode!r} needs "
+                f"{'OfficialProloguePostTrainer' if mode == 'official' else 'ProloguePostTrainer'} "
+                "(train_post picks the class from training_mode)"
+            )
         if not isinstance(model, ProloguePostStage1Model):
             raise ValueError(f"model must be a ProloguePostStage1Model, got {type(model).__name__}")
         if isinstance(args, PrologueTokenizerTrainingArguments) and args.reconstruction_grid_steps:
@@ -130,8 +134,6 @@ class OfficialProloguePostTrainer(OfficialPrologueTokenizerTrainer, ProloguePost
 
     def __init__(self, model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments, **kwargs):
         self._check_post_arguments(model, args)  # before the parent parametrizes the model in place
-        if getattr(args, "training_mode", "routed") != "official":
-            raise ValueError(f"OfficialProloguePostTrainer needs training_mode='official', got {args.training_mode!r}")
         super().__init__(model, args, **kwargs)
 
 
