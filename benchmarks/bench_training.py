@@ -212,13 +212,11 @@ def build_post(args, workdir: str):
 
 
 def build_stage2(args, workdir: str):
-    import datasets
-    import numpy as np
     import torch
 
     from prologue_hf import PrologueARConfig, PrologueARForCausalLM
-    from prologue_hf.testing import tiny_ar_config
-    from prologue_hf.training.pretokenize import PretokenizedInfo, output_features
+    from prologue_hf.testing import random_pretokenized_dataset, tiny_ar_config
+    from prologue_hf.training.pretokenize import PretokenizedInfo
     from prologue_hf.training.trainer_ar import PrologueARTrainer, PrologueARTrainingArguments
 
     if args.size == "B":
@@ -233,17 +231,7 @@ def build_stage2(args, workdir: str):
         image_size=256, num_classes=vocab.num_classes,
     )  # fmt: skip
     rows = args.batch_size * (args.warmup + args.steps)
-    rng = np.random.default_rng(0)
-    table = {
-        "prologue_ids": list(rng.integers(0, vocab.prologue_vocab_size, (rows, vocab.num_prologue_tokens)).astype(np.int16)),
-        "visual_ids": list(rng.integers(0, vocab.visual_vocab_size, (rows, vocab.num_visual_tokens)).astype(np.int16)),
-        "label": rng.integers(0, vocab.num_classes, rows).astype(np.int32),
-        "crop_index": np.zeros(rows, np.int8),
-        "image_index": np.arange(rows),
-    }
-    dataset = datasets.Dataset.from_dict(table, features=output_features(info))
-    dataset.info.description = info.to_json()
-    dataset = dataset.with_format("numpy", dtype=None)
+    dataset = random_pretokenized_dataset(info, rows).with_format("numpy", dtype=None)
     torch.manual_seed(0)
     model = PrologueARForCausalLM(config)
     training = PrologueARTrainingArguments(

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-import datasets
 import numpy as np
 import PIL.Image
 import pytest
@@ -36,7 +35,13 @@ from prologue_hf import (
 from prologue_hf.identity import tokenizer_identity
 from prologue_hf.models.modeling_prologue_tokenizer import PIXEL_RANGE_TOLERANCE, check_pixel_range
 from prologue_hf.pipelines import ProloguePipeline, SamplingParams, generate_ids
-from prologue_hf.testing import TINY_TOKENIZER_KWARGS, tiny_ar, tiny_pipeline, tiny_tokenizer
+from prologue_hf.testing import (
+    TINY_TOKENIZER_KWARGS,
+    random_pretokenized_dataset,
+    tiny_ar,
+    tiny_pipeline,
+    tiny_tokenizer,
+)
 from prologue_hf.testing_post import tiny_post_model
 
 
@@ -151,21 +156,12 @@ def _stage2_trainer(
 ):
     """A stage-2 trainer (1 step, no saving; ``overrides`` of its arguments) on 8 rows of ids recorded as
     ``tokenizer``'s, its output folder ``<scratch>/<name>`` holding the given sub-folders / files first."""
-    from prologue_hf.training.pretokenize import PretokenizedInfo, output_features
+    from prologue_hf.training.pretokenize import PretokenizedInfo
     from prologue_hf.training.trainer_ar import PrologueARTrainer, PrologueARTrainingArguments
 
     tokenizer = tokenizer or _tokenizer()
     info = PretokenizedInfo.from_tokenizer(tokenizer, num_classes=10, num_images=8)
-    rng = np.random.default_rng(0)
-    table = {
-        "prologue_ids": list(rng.integers(0, 16, (8, 4)).astype(np.int16)),
-        "visual_ids": list(rng.integers(0, 64, (8, 16)).astype(np.int16)),
-        "label": rng.integers(0, 10, 8).astype(np.int32),
-        "crop_index": np.zeros(8, dtype=np.int8),
-        "image_index": np.arange(8),
-    }
-    dataset = datasets.Dataset.from_dict(table, features=output_features(info))
-    dataset.info.description = info.to_json()
+    dataset = random_pretokenized_dataset(info, 8)
     output_dir = os.path.join(_ROOT, name)
     for entry in checkpoints:
         os.makedirs(os.path.dirname(os.path.join(output_dir, entry)), exist_ok=True)

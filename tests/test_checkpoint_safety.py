@@ -31,7 +31,6 @@ import os
 import signal
 from pathlib import Path
 
-import datasets
 import numpy as np
 import PIL.Image
 import pytest
@@ -41,10 +40,10 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_callback import TrainerState
 
 from prologue_hf.identity import tokenizer_identity
-from prologue_hf.testing import tiny_ar, tiny_tokenizer
+from prologue_hf.testing import random_image_dataset, random_pretokenized_dataset, tiny_ar, tiny_tokenizer
 from prologue_hf.testing_post import tiny_post_model, tiny_vqmodel
-from prologue_hf.training.image_data import ImageTrainingCollator, ImageTransform, prepare_image_dataset
-from prologue_hf.training.pretokenize import PretokenizedInfo, load_pretokenized_dataset, output_features
+from prologue_hf.training.image_data import ImageTrainingCollator, ImageTransform
+from prologue_hf.training.pretokenize import PretokenizedInfo, load_pretokenized_dataset
 from prologue_hf.training.recipe import (
     REPLACED_PREFIX,
     STAGING_PREFIX,
@@ -71,17 +70,7 @@ CHAIN = [("mid_run", 3, 2), ("writing_checkpoint", 4, 2), (None, 6, 4)]
 def _ids_dataset(path: Path, tokenizer, rows: int = 32) -> Path:
     """A pretokenized dataset of random ids on disk, recorded as ``tokenizer``'s (as pretokenize_dataset writes)."""
     info = PretokenizedInfo.from_tokenizer(tokenizer, num_classes=10, num_images=rows)
-    rng = np.random.default_rng(0)
-    table = {
-        "prologue_ids": list(rng.integers(0, 16, (rows, 4)).astype(np.int16)),
-        "visual_ids": list(rng.integers(0, 64, (rows, 16)).astype(np.int16)),
-        "label": rng.integers(0, 10, rows).astype(np.int32),
-        "crop_index": np.zeros(rows, dtype=np.int8),
-        "image_index": np.arange(rows),
-    }
-    dataset = datasets.Dataset.from_dict(table, features=output_features(info))
-    dataset.info.description = info.to_json()
-    dataset.save_to_disk(str(path))
+    random_pretokenized_dataset(info, rows).save_to_disk(str(path))
     return path
 
 
@@ -113,13 +102,10 @@ def _post_trainer(output_dir: Path, tokenizer_seed: int = 0, **overrides) -> Pro
         min_learning_rate=1e-3, warmup_steps=0, use_cpu=True, report_to="none", save_strategy="steps", save_steps=2,
         logging_steps=1, dataloader_num_workers=0, ema_halflife_steps=2.0, seed=0, disable_tqdm=True,
     )  # fmt: skip
-    rng = np.random.default_rng(0)
-    images = [PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(8)]
-    dataset = datasets.Dataset.from_dict({"image": images, "label": [i % 10 for i in range(8)]})
     return ProloguePostTrainer(
         model,
         PrologueTokenizerTrainingArguments(**{**values, **overrides}),
-        train_dataset=prepare_image_dataset(dataset.cast_column("image", datasets.Image())),
+        train_dataset=random_image_dataset(8, 16, 16),
         data_collator=ImageTrainingCollator(ImageTransform(16)),
     )
 

@@ -2,16 +2,14 @@
 (``prologue_ar_loss`` on ``F.linear`` logits): values, statistics, gradients, fp32 and bf16 autocast, and whole
 ``PrologueARTrainer`` runs with the fast path on and off."""
 
-import datasets
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from prologue_hf import PrologueVocabulary
-from prologue_hf.testing import tiny_ar, tiny_tokenizer
+from prologue_hf.testing import random_pretokenized_dataset, tiny_ar, tiny_tokenizer
 from prologue_hf.training.losses import prologue_ar_loss, prologue_ar_loss_from_hidden
-from prologue_hf.training.pretokenize import PretokenizedInfo, output_features
+from prologue_hf.training.pretokenize import PretokenizedInfo
 from prologue_hf.training.trainer_ar import PrologueARTrainer, PrologueARTrainingArguments
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,17 +96,7 @@ def test_fused_backward_runs_once_and_checks_shapes():
 def _ids_dataset(rows: int = 32):
     tokenizer = tiny_tokenizer(seed=0)
     info = PretokenizedInfo.from_tokenizer(tokenizer, num_classes=10, num_images=rows)
-    rng = np.random.default_rng(0)
-    table = {
-        "prologue_ids": list(rng.integers(0, 16, (rows, 4)).astype(np.int16)),
-        "visual_ids": list(rng.integers(0, 64, (rows, 16)).astype(np.int16)),
-        "label": rng.integers(0, 10, rows).astype(np.int32),
-        "crop_index": np.zeros(rows, np.int8),
-        "image_index": np.arange(rows),
-    }
-    dataset = datasets.Dataset.from_dict(table, features=output_features(info))
-    dataset.info.description = info.to_json()
-    return dataset.with_format("numpy", dtype=None)
+    return random_pretokenized_dataset(info, rows).with_format("numpy", dtype=None)
 
 
 @pytest.mark.parametrize("bf16", [False, True])

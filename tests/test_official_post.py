@@ -5,9 +5,7 @@ gradient accumulation against one big batch, save / reload as plain models, exac
 import math
 import os
 
-import datasets
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,9 +19,9 @@ from prologue_hf.models.official_parametrization import (
     parametrize_official_ar,
     parametrize_official_post,
 )
-from prologue_hf.testing import tiny_ar
+from prologue_hf.testing import random_image_dataset, tiny_ar
 from prologue_hf.testing_post import tiny_post_model
-from prologue_hf.training.image_data import ImageTrainingCollator, ImageTransform, prepare_image_dataset
+from prologue_hf.training.image_data import ImageTrainingCollator, ImageTransform
 from prologue_hf.training.official_stage1 import OfficialStage1Settings, OfficialStage1Stepper
 from prologue_hf.training.official_trainer import (
     OFFICIAL_STATE_NAME,
@@ -54,13 +52,6 @@ def _stage1_model(name="janus_vqvae", seed=0, **loss):
     return ProloguePostStage1Model(post, ar, ProloguePostLossConfig(**loss))
 
 
-def _dataset(size, n=8, seed=0):
-    rng = np.random.default_rng(seed)
-    images = [PIL.Image.fromarray(rng.integers(0, 256, (size + 4, size + 2, 3), dtype=np.uint8)) for _ in range(n)]
-    ds = datasets.Dataset.from_dict({"image": images, "label": [i % 10 for i in range(n)]})
-    return prepare_image_dataset(ds.cast_column("image", datasets.Image()))
-
-
 def _args(output_dir, **overrides):
     values = dict(
         output_dir=str(output_dir), max_steps=4, per_device_train_batch_size=4, learning_rate=3e-3,
@@ -73,9 +64,10 @@ def _args(output_dir, **overrides):
 
 def _trainer(output_dir, name="janus_vqvae", loss=None, n_images=8, **overrides):
     model = _stage1_model(name, **(loss or {}))
-    transform = ImageTransform(model.post.config.image_size, random_crop=False, hflip=False)
+    size = model.post.config.image_size
+    transform = ImageTransform(size, random_crop=False, hflip=False)
     return OfficialProloguePostTrainer(
-        model, _args(output_dir, **overrides), train_dataset=_dataset(model.post.config.image_size, n_images),
+        model, _args(output_dir, **overrides), train_dataset=random_image_dataset(n_images, size + 4, size + 2),
         data_collator=ImageTrainingCollator(transform),
     )
 

@@ -15,7 +15,7 @@ from prologue_hf.models import PrologueARConfig, PrologueARForCausalLM
 from prologue_hf.models.configuration_prologue_post import ProloguePostConfig
 from prologue_hf.models.modeling_prologue_post import VISUAL_TOKENIZER_SUBFOLDER, ProloguePostModel
 from prologue_hf.models.visual_tokenizers import DiffusersVQModelAdapter, JanusVQVAEAdapter
-from prologue_hf.testing import tiny_ar, tiny_ar_config
+from prologue_hf.testing import random_image_dataset, tiny_ar, tiny_ar_config
 from prologue_hf.testing_post import (
     ADAPTER_NAMES,
     TINY_POST_KWARGS,
@@ -23,7 +23,7 @@ from prologue_hf.testing_post import (
     tiny_visual_tokenizer,
     tiny_vqmodel,
 )
-from prologue_hf.training.image_data import ImageTrainingCollator, ImageTransform, prepare_image_dataset
+from prologue_hf.training.image_data import ImageTrainingCollator, ImageTransform
 from prologue_hf.training.trainer_post import (
     ProloguePostLossConfig,
     ProloguePostStage1Model,
@@ -198,13 +198,6 @@ def test_save_reload_referencing_a_local_tokenizer_folder(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- training
-def _dataset(size, n=8, seed=0):
-    rng = np.random.default_rng(seed)
-    images = [PIL.Image.fromarray(rng.integers(0, 256, (size + 4, size + 2, 3), dtype=np.uint8)) for _ in range(n)]
-    ds = datasets.Dataset.from_dict({"image": images, "label": [i % 10 for i in range(n)]})
-    return prepare_image_dataset(ds.cast_column("image", datasets.Image()))
-
-
 def _args(tmp_path, **overrides):
     values = dict(
         output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2,
@@ -227,10 +220,10 @@ class _StopAt(TrainerCallback):
 def _trainer(name, tmp_path, seed=0, **overrides):
     post = tiny_post_model(name, seed=seed).train()
     model = ProloguePostStage1Model(post, tiny_ar(post.config, seed=seed).train(), ProloguePostLossConfig())
-    collator = ImageTrainingCollator(ImageTransform(post.config.image_size))
-    return ProloguePostTrainer(
-        model, _args(tmp_path, **overrides), train_dataset=_dataset(post.config.image_size), data_collator=collator
-    )
+    size = post.config.image_size
+    images = random_image_dataset(8, size + 4, size + 2)
+    collator = ImageTrainingCollator(ImageTransform(size))
+    return ProloguePostTrainer(model, _args(tmp_path, **overrides), train_dataset=images, data_collator=collator)
 
 
 @pytest.mark.parametrize("name", ADAPTER_NAMES)

@@ -5,15 +5,12 @@ import json
 import logging
 import os
 
-import datasets
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 from transformers import TrainingArguments
 
-from prologue_hf.testing import tiny_ar, tiny_tokenizer_config
-from prologue_hf.training.image_data import ImageDataArguments, prepare_image_dataset
+from prologue_hf.testing import random_image_dataset, tiny_ar, tiny_tokenizer_config
+from prologue_hf.training.image_data import ImageDataArguments
 from prologue_hf.training.recipe import (
     RecipeTrainerMixin,
     build_compact_ar,
@@ -159,10 +156,7 @@ def test_json_overrides():
 
 
 def _images(n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    images = [PIL.Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)) for _ in range(n)]
-    ds = datasets.Dataset.from_dict({"image": images, "label": list(range(n))})
-    return prepare_image_dataset(ds.cast_column("image", datasets.Image()), add_index=True)
+    return random_image_dataset(n, 24, 20, seed=seed, num_classes=n, add_index=True)
 
 
 def test_seeded_collator_draws_the_same_augmentation_for_the_same_seed():

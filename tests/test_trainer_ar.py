@@ -18,14 +18,19 @@ import torch
 import torch.nn.functional as F
 
 from prologue_hf import PrologueARForCausalLM, PrologueVocabulary
-from prologue_hf.testing import tiny_ar, tiny_ar_config, tiny_tokenizer, tiny_tokenizer_config
+from prologue_hf.testing import (
+    random_pretokenized_dataset,
+    tiny_ar,
+    tiny_ar_config,
+    tiny_tokenizer,
+    tiny_tokenizer_config,
+)
 from prologue_hf.training.ar_recipe import PrologueARScriptArguments, build_ar_config, parse_ar_args, train_ar
 from prologue_hf.training.losses import prologue_ar_loss
 from prologue_hf.training.pretokenize import (
     PretokenizeConfig,
     PretokenizedInfo,
     load_pretokenized_dataset,
-    output_features,
     pretokenize_dataset,
 )
 from prologue_hf.training.trainer_ar import (
@@ -44,17 +49,7 @@ def make_ids_dataset(path, rows=64, seed=0, tokenizer=None) -> datasets.Dataset:
     """A pretokenized dataset written the way pretokenize_dataset writes one, with random ids (tiny vocabulary)."""
     tokenizer = tokenizer or tiny_tokenizer(seed=0)
     info = PretokenizedInfo.from_tokenizer(tokenizer, num_classes=10, num_images=rows // 2)
-    rng = np.random.default_rng(seed)
-    table = {
-        "prologue_ids": list(rng.integers(0, 16, (rows, 4)).astype(np.int16)),
-        "visual_ids": list(rng.integers(0, 64, (rows, 16)).astype(np.int16)),
-        "label": rng.integers(0, 10, rows).astype(np.int32),
-        "crop_index": np.tile(np.arange(2, dtype=np.int8), rows // 2),
-        "image_index": np.repeat(np.arange(rows // 2), 2),
-    }
-    ds = datasets.Dataset.from_dict(table, features=output_features(info))
-    ds.info.description = info.to_json()
-    ds.save_to_disk(str(path))
+    random_pretokenized_dataset(info, rows, seed=seed, views_per_image=2).save_to_disk(str(path))
     return load_pretokenized_dataset(str(path))
 
 
