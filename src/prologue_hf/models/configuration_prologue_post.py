@@ -7,12 +7,7 @@ No ``from __future__ import annotations``: ``@strict`` then checks every field's
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_prologue_tokenizer import (
-    CODEBOOK_INITS,
-    PrologueTokenizerConfig,
-    default_intermediate_size,
-    normalize_config_fields,
-)
+from .configuration_prologue_tokenizer import PrologueTokenizerConfig, normalize_vit_config_fields
 from .remote_code import RemoteCodeConfigMixin
 
 ENCODER_INPUTS = ("features", "pixels")
@@ -87,12 +82,7 @@ class ProloguePostConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
-        normalize_config_fields(self)
-        self.rope_axes_dim = list(self.rope_axes_dim)
-        if self.intermediate_size is None:
-            self.intermediate_size = default_intermediate_size(self.hidden_size)
-        if self.codebook_init not in CODEBOOK_INITS:
-            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
+        normalize_vit_config_fields(self)
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.num_prologue_tokens < 1:

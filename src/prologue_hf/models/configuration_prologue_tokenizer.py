@@ -37,6 +37,18 @@ def default_intermediate_size(hidden_size: int) -> int:
     return round(hidden_size * 8 / 3)
 
 
+def normalize_vit_config_fields(config: PreTrainedConfig) -> None:
+    """Shared ``__post_init__`` step of the configs with a Prologue ViT encoder (the tokenizer and Prologue-Post):
+    :func:`normalize_config_fields`, ``rope_axes_dim`` as a list, ``intermediate_size=None`` filled with
+    :func:`default_intermediate_size`, and ``codebook_init`` checked against :data:`CODEBOOK_INITS`."""
+    normalize_config_fields(config)
+    config.rope_axes_dim = list(config.rope_axes_dim)
+    if config.intermediate_size is None:
+        config.intermediate_size = default_intermediate_size(config.hidden_size)
+    if config.codebook_init not in CODEBOOK_INITS:
+        raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {config.codebook_init!r}")
+
+
 @strict
 class PrologueTokenizerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     r"""Configuration of the Prologue ViT VQ tokenizer (paper section 2, appendix Table A4).
@@ -102,14 +114,9 @@ class PrologueTokenizerConfig(RemoteCodeConfigMixin, PreTrainedConfig):
     initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
-        normalize_config_fields(self)
-        self.rope_axes_dim = list(self.rope_axes_dim)
-        if self.intermediate_size is None:
-            self.intermediate_size = default_intermediate_size(self.hidden_size)
+        normalize_vit_config_fields(self)
         if self.decoder_intermediate_size is None:
             self.decoder_intermediate_size = default_intermediate_size(self.decoder_hidden_size)
-        if self.codebook_init not in CODEBOOK_INITS:
-            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
         if self.tokenizer_type not in TOKENIZER_TYPES:
             raise ValueError(f"tokenizer_type must be one of {TOKENIZER_TYPES}, got {self.tokenizer_type!r}")
         if self.num_prologue_tokens is None:
