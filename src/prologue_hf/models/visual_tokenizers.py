@@ -66,6 +66,14 @@ def _grid_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+def _flat_tokens_and_grid_features(model: nn.Module, model_pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``_tokenize`` of the transformers VQ-VAEs whose ``encode`` returns flat ``image_tokens`` ``[B*h*w]`` and
+    the encoder output ``last_hidden_state`` ``[B, D, h, w]`` (Janus, Chameleon): ids ``[B, h*w]``, features
+    ``[B, h*w, D]``."""
+    out = model.encode(model_pixels)
+    return out.image_tokens.reshape(model_pixels.shape[0], -1), _grid_tokens(out.last_hidden_state)
+
+
 def _import_object(path: str) -> Any:
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -488,8 +496,7 @@ class JanusVQVAEAdapter(VisualTokenizerAdapter):
         return int(self.model.config.latent_channels)
 
     def _tokenize(self, model_pixels):
-        out = self.model.encode(model_pixels)
-        return out.image_tokens.reshape(model_pixels.shape[0], -1), _grid_tokens(out.last_hidden_state)
+        return _flat_tokens_and_grid_features(self.model, model_pixels)
 
     def _decode(self, visual_ids):
         return self.model.decode(visual_ids)
@@ -573,8 +580,7 @@ class ChameleonVQVAEAdapter(_ChannelMultiplierGridAdapter):
         return int(self.model.config.resolution)
 
     def _tokenize(self, model_pixels):
-        out = self.model.encode(model_pixels)
-        return out.image_tokens.reshape(model_pixels.shape[0], -1), _grid_tokens(out.last_hidden_state)
+        return _flat_tokens_and_grid_features(self.model, model_pixels)
 
     def _decode(self, visual_ids):
         raise NotImplementedError(
