@@ -281,6 +281,28 @@ def _check_quantizer(config: OfficialConfig, section: str, ste: str, tokens: int
     return config.size(f"{section}.z_dim")
 
 
+def _check_token_layout(config: OfficialConfig, family: str, x_len: int, z_len: int) -> tuple[float, float]:
+    """Check the ``Encoder`` / ``Decoder`` token layout of ``family`` (``x_len`` patches, ``z_len`` queries) and
+    return its RoPE bases ``(patch_rope_theta, query_rope_theta)``."""
+    enc, dec = "Encoder", "Decoder"
+    if family in ("2d", "post"):  # one token per patch, no queries anywhere
+        _check_transformer_io(config, enc, "none", "hw", None, x_len, None, out=False)
+        _check_transformer_io(config, dec, "none", "hw", None, x_len, None, out=True)
+        patch_theta = _same_theta(config, f"{dec}.rope_theta", f"{enc}.rope_theta", "patch")
+        query_theta = 10000.0  # no query tokens: the value is unused
+    elif family == "1d":  # [patches; z_len latent queries] -> [z_len codes; x_len mask queries]
+        _check_transformer_io(config, enc, "concat", "l", "hw", z_len, x_len, out=False)
+        _check_transformer_io(config, dec, "concat", "hw", "l", x_len, z_len, out=True)
+        patch_theta = _same_theta(config, f"{dec}.rope_theta", f"{enc}.rope_ctx_theta", "patch")
+        query_theta = _same_theta(config, f"{dec}.rope_ctx_theta", f"{enc}.rope_theta", "query")
+    else:  # [patches; K prologue queries] -> decoder over the visual codes
+        _check_transformer_io(config, enc, "concat", "l", "hw", z_len, x_len, out=False)
+        _check_transformer_io(config, dec, "none", "hw", None, x_len, None, out=True)
+        patch_theta = _same_theta(config, f"{dec}.rope_theta", f"{enc}.rope_ctx_theta", "patch")
+        query_theta = config.scalar(f"{enc}.rope_theta")
+    return patch_theta, query_theta
+
+
 def official_tokenizer_config(config: OfficialConfig, family: str | None = None) -> PrologueTokenizerConfig:
     """Map the official tokenizer (``Encoder`` / ``Decoder`` / ``Quantizer`` [/ ``SemanticQuantizer``]) onto ours.
 
@@ -299,22 +321,7 @@ def official_tokenizer_config(config: OfficialConfig, family: str | None = None)
     _, x_len = _grid(config)
     z_len = config.size("z_len")
     enc, dec = "Encoder", "Decoder"
-    grid_family = family in ("2d", "post")
-    if grid_family:  # one token per patch, no queries anywhere
-        _check_transformer_io(config, enc, "none", "hw", None, x_len, None, out=False)
-        _check_transformer_io(config, dec, "none", "hw", None, x_len, None, out=True)
-        patch_theta = _same_theta(config, f"{dec}.rope_theta", f"{enc}.rope_theta", "patch")
-        query_theta = 10000.0  # no query tokens: the value is unused
-    elif family == "1d":  # [patches; z_len latent queries] -> [z_len codes; x_len mask queries]
-        _check_transformer_io(config, enc, "concat", "l", "hw", z_len, x_len, out=False)
-        _check_transformer_io(config, dec, "concat", "hw", "l", x_len, z_len, out=True)
-        patch_theta = _same_theta(config, f"{dec}.rope_theta", f"{enc}.rope_ctx_theta", "patch")
-        query_theta = _same_theta(config, f"{dec}.rope_ctx_theta", f"{enc}.rope_theta", "query")
-    else:  # [patches; K prologue queries] -> decoder over the visual codes
-        _check_transformer_io(config, enc, "concat", "l", "hw", z_len, x_len, out=False)
-        _check_transformer_io(config, dec, "none", "hw", None, x_len, None, out=True)
-        patch_theta = _same_theta(config, f"{dec}.rope_theta", f"{enc}.rope_ctx_theta", "patch")
-        query_theta = config.scalar(f"{enc}.rope_theta")
+    patch_theta, query_theta = _check_token_layout(config, family, x_len, z_len)
     config.expect_equal(f"{enc}.input_dim", config.size("patch_dim"), "patch_dim")
     config.expect_equal(f"{dec}.output_dim", config.size("patch_dim"), "patch_dim")
     if config.get(f"{enc}.rope_axes_dim") != config.get(f"{dec}.rope_axes_dim"):
