@@ -103,6 +103,17 @@ def _mean_finite_psnr(values: torch.Tensor) -> float:
     return float(finite.mean()) if len(finite) else float("inf")
 
 
+def _save_comparison_grid(
+    originals: torch.Tensor, reconstructions: torch.Tensor, columns: int, path: str | os.PathLike
+) -> None:
+    """A PNG of the first ``columns`` originals (top row) over their reconstructions (bottom row); uint8 [B, C, H, W]."""
+    count = min(columns, originals.shape[0])
+    grid = image_grid(
+        torch.cat([originals[:count], reconstructions[:count]]), rows=2, labels=["original", "reconstruction"]
+    )
+    grid.save(path)
+
+
 @torch.no_grad()
 def evaluate_reconstruction(
     tokenizer: PrologueTokenizerModel,
@@ -161,9 +172,7 @@ def evaluate_reconstruction(
             feats[name][0].append(extractor(originals)["features"].float().cpu())
             feats[name][1].append(extractor(recons)["features"].float().cpu())
         if not grid_written:
-            count = min(grid_columns, originals.shape[0])
-            grid = image_grid(torch.cat([originals[:count], recons[:count]]), rows=2, labels=["original", "reconstruction"])
-            grid.save(grid_path)
+            _save_comparison_grid(originals, recons, grid_columns, grid_path)
             grid_written = True
         seen += pixels.shape[0]
         if max_images is not None and seen >= max_images:
