@@ -4,6 +4,7 @@ precision / recall, offline FD-EffNetLite0), linear probe, and ``evaluate`` modu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .dataloader import evaluation_dataloader
 from .features import (
@@ -39,6 +40,9 @@ from .probe import (
 )
 from .reconstruction import ReconstructionResults, evaluate_reconstruction, psnr, ssim
 
+if TYPE_CHECKING:
+    import evaluate
+
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 """Folder of the ``evaluate`` modules shipped with the package (one sub-folder per module)."""
 
@@ -46,6 +50,23 @@ METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 def available_metrics() -> list[str]:
     """Names of the shipped ``evaluate`` modules: ``fd_effnet_lite0``, ``inception_metrics``, ``psnr_ssim``."""
     return sorted(p.name for p in METRICS_DIR.iterdir() if (p / f"{p.name}.py").is_file())
+
+
+def image_metric_info(
+    description: str, inputs_description: str, with_references: bool = False
+) -> evaluate.MetricInfo:
+    """The ``evaluate.MetricInfo`` of a shipped image metric: ``predictions`` (and, ``with_references=True``,
+    ``references``) are ``datasets.Image()`` columns; no citation."""
+    import datasets
+    import evaluate
+
+    columns = ("predictions", "references") if with_references else ("predictions",)
+    return evaluate.MetricInfo(
+        description=description,
+        citation="",
+        inputs_description=inputs_description,
+        features=datasets.Features({column: datasets.Image() for column in columns}),
+    )
 
 
 def load_metric(name: str, **kwargs):
@@ -86,6 +107,7 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "frechet_distance_from_statistics",
+    "image_metric_info",
     "generate_shards",
     "iter_npz_batches",
     "load_metric",

