@@ -337,6 +337,18 @@ class OfficialStage1Stepper:
             return torch.rand(batch) < self.settings.visual_dropout
         return torch.zeros(batch, dtype=torch.bool, device=device)
 
+    def _semantic_vq_terms(self, out) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, quantization MSE, entropy terms)`` of the prologue quantizer in the encoder step. Only the
+        entropy loss carries a gradient: the MSE terms are computed under ``no_grad``."""
+        s = self.settings
+        prologue_entropy = quantizer_entropy_terms(out.prologue_logits, s.entropy_temperature)
+        with torch.no_grad():
+            codes = self.tokenizer.prologue_quantizer.lookup(out.prologue_ids)
+            z = out.prologue_features
+            semantic_quant = F.mse_loss(out.prologue_quantized, z) + (1.0 + s.prologue_vq_beta) * F.mse_loss(codes, z)
+        semantic_vq = s.commitment_weight * semantic_quant + s.entropy_weight * prologue_entropy["entropy_loss"]
+        return semantic_vq, semantic_quant, prologue_entropy
+
     def _autoencoder_terms(self, out, pixel_values: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
         """``(loss, logged terms, tensors)`` of the reconstruction side of the encoder step: L1 + the visual VQ loss
         (with gradient) + the detached visual entropy monitor. None for Prologue-Post: its visual pathway is frozen
@@ -399,12 +411,7 @@ class OfficialStage1Stepper:
         out = self.tokenizer(pixel_values)
         autoencoder, ae_losses, ae_tensors = self._autoencoder_terms(out, pixel_values)
 
-        prologue_entropy = quantizer_entropy_terms(out.prologue_logits, s.entropy_temperature)
-        with torch.no_grad():
-            codes = self.tokenizer.prologue_quantizer.lookup(out.prologue_ids)
-            z = out.prologue_features
-            semantic_quant = F.mse_loss(out.prologue_quantized, z) + (1.0 + s.prologue_vq_beta) * F.mse_loss(codes, z)
-        semantic_vq = s.commitment_weight * semantic_quant + s.entropy_weight * prologue_entropy["entropy_loss"]
+        semantic_vq, semantic_quant, prologue_entropy = self._semantic_vq_terms(out)
 
         drop = self._draw_visual_drop(batch, visual_drop_mask, pixel_values.device)
         weights = (s.prior_weight_prologue, s.prior_weight_prologue, s.prior_weight_visual)
