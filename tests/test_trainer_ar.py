@@ -118,15 +118,29 @@ def test_sequence_layout_and_hand_computed_loss():
         prologue_ar_loss(logits[:, :5], ids[:, :5], vocab)
 
 
-def test_trainer_loss_is_the_models_causal_lm_loss(ids_dataset, tmp_path):
+@pytest.mark.parametrize("fused", [True, False])
+def test_trainer_loss_is_the_models_causal_lm_loss(ids_dataset, tmp_path, fused):
     model = tiny_ar(seed=0)
-    trainer = PrologueARTrainer(model, training_args(tmp_path, class_dropout_prob=0.0), train_dataset=ids_dataset)
-    batch = trainer.data_collator([ids_dataset[i] for i in range(8)])
-    model.eval()
-    loss = trainer.compute_loss(model, batch)
-    ids = model.config.vocabulary.build_sequence(batch["class_labels"], batch["visual_ids"], batch["prologue_ids"])
-    reference = model(input_ids=ids, labels=ids).loss  # transformers' own shifted mean CE
-    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+    vocab = model.config.vocabulary
+    losses = {}
+    for over_class_ids in (True, False):
+        args = training_args(
+            tmp_path, class_dropout_prob=0.0, fused_head_loss=fused, loss_over_class_ids=over_class_ids
+        )
+        trainer = PrologueARTrainer(model, args, train_dataset=ids_dataset)
+        batch = trainer.data_collator([ids_dataset[i] for i in range(8)])
+        model.eval()
+        losses[over_class_ids] = trainer.compute_loss(model, batch)
+    ids = vocab.build_sequence(batch["class_labels"], batch["visual_ids"], batch["prologue_ids"])
+    logits = model(input_ids=ids).logits.detach()
+    reference = model(input_ids=ids, labels=ids).loss  # transformers' own shifted mean CE, whole vocabulary
+    torch.testing.assert_close(losses[True], reference, rtol=1e-6, atol=1e-6)
+    # default: the official train_ar.py's CE, whose head has no class rows (softmax over the first class_offset ids)
+    official = torch.nn.functional.cross_entropy(
+        logits[:, :-1, : vocab.class_offset].reshape(-1, vocab.class_offset), ids[:, 1:].reshape(-1)
+    )
+    torch.testing.assert_close(losses[False], official, rtol=1e-6, atol=1e-6)
+    assert losses[False] < losses[True] - 1e-4  # the class ids' share of the softmax is left out
 
 
 def test_collator_casts_and_maps_unlabelled_to_null():

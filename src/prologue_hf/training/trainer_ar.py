@@ -130,6 +130,11 @@ class PrologueARTrainingArguments(RecipeTrainingArguments):
             cross-entropy, on the predicting positions only: no ``[B, T, vocab]`` logits are kept; same loss and
             gradients within float rounding) whenever the model reaches ``compute_loss`` unwrapped; wrapped models
             (DDP, ``torch.compile``) and calls that return outputs take the plain ``model(...).logits`` path.
+        loss_over_class_ids: run the cross-entropy's softmax over the whole vocabulary, class and null-class ids
+            included (``LlamaForCausalLM``'s own ``labels`` loss). ``False`` (default): over the visual, prologue and
+            EOS ids only (the first ``vocabulary.class_offset`` head rows), as the official ``train_ar.py``, whose
+            head has no class rows (the class enters through its own embedding). A class id is never a target
+            after position 0 and sampling never draws one, so only the softmax's normaliser differs.
     """
 
     adam_beta2: float = field(default=0.96, metadata={"help": "AdamW beta2 (paper stage 2: 0.96)."})
@@ -153,6 +158,14 @@ class PrologueARTrainingArguments(RecipeTrainingArguments):
         metadata={
             "help": "Training loss with the LM head fused into the cross-entropy (no [B, T, vocab] logits; same "
             "values and gradients as the plain path). Used when the model is not wrapped (DDP, torch.compile)."
+        },
+    )
+    loss_over_class_ids: bool = field(
+        default=False,
+        metadata={
+            "help": "Cross-entropy over the whole vocabulary, class ids included (LlamaForCausalLM's labels loss). "
+            "Default: over the visual, prologue and EOS ids only, as the official train_ar.py (its head has no "
+            "class rows)."
         },
     )
 
@@ -307,14 +320,18 @@ class PrologueARTrainer(RecipeTrainerMixin, Trainer):
             class_labels = self._class_dropout(class_labels)
         input_ids = self.vocabulary.build_sequence(class_labels, inputs["visual_ids"], inputs.get("prologue_ids"))
         outputs = None
+        num_columns = None if self.args.loss_over_class_ids else self.vocabulary.class_offset
         if self.args.fused_head_loss and not return_outputs and isinstance(model, PrologueARForCausalLM):
             # the decoder stack, then head + CE fused: the [B, T, vocab] logits are never stored (same math).
             # accelerate puts mixed precision on the prepared model's forward, which this bypasses: same autocast here
             with self.accelerator.autocast():
-                result, _ = causal_lm_prologue_ar_loss(model, input_ids, self.vocabulary, self.args.segment_weights)
+                result, _ = causal_lm_prologue_ar_loss(
+                    model, input_ids, self.vocabulary, self.args.segment_weights, num_columns=num_columns
+                )
         else:
             outputs = model(input_ids=input_ids, use_cache=False)
-            result = prologue_ar_loss(outputs.logits, input_ids, self.vocabulary, self.args.segment_weights)
+            logits = outputs.logits if num_columns is None else outputs.logits[..., :num_columns]
+            result = prologue_ar_loss(logits, input_ids, self.vocabulary, self.args.segment_weights)
         key = "train" if model.training else "eval"
         stats = result.segment_stats.detach()
         self._stats[key] = stats if self._stats[key] is None else self._stats[key] + stats
