@@ -21,6 +21,8 @@ from prologue_hf.research.demo import DemoConfig, _official_ar_rope_axes, run_de
         ({"official_parametrization_init": "zero"}, "official_parametrization_init"),
         ({"stage1_lr_hold_fraction": 1.0}, "stage1_lr_hold_fraction"),
         ({"prologue_temperature_end": 0.0}, "prologue_temperature_end"),
+        ({"stage1_learning_rate": 0.0}, "stage1_learning_rate"),
+        ({"stage2_learning_rate": -1e-3}, "stage2_learning_rate"),
     ],
 )
 def test_demo_config_rejects_bad_input(kwargs, match):
