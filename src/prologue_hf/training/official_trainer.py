@@ -136,11 +136,8 @@ class OfficialPrologueTokenizerTrainer(PrologueTokenizerTrainer):
         if not isinstance(model, PrologueStage1Model):
             raise ValueError(f"model must be a PrologueStage1Model, got {type(model).__name__}")
         post = isinstance(model, ProloguePostStage1Model)
-        if post:
-            from .trainer_post import ProloguePostTrainer  # imports this module
-
-            if not isinstance(self, ProloguePostTrainer):
-                raise ValueError("a ProloguePostStage1Model trains in the official mode with OfficialProloguePostTrainer")
+        if post and not self.trains_post_models:
+            raise ValueError("a ProloguePostStage1Model trains in the official mode with OfficialProloguePostTrainer")
         cfg = model.loss_config
         if model.compact_ar is None or cfg.resolved_ar_target(model.tokenizer.config.num_prologue_tokens > 0) != "prologue":
             raise NotImplementedError("training_mode='official' needs a Prologue tokenizer (K > 0) and the 'prologue' AR target")

@@ -52,6 +52,8 @@ class ProloguePostTrainer(PrologueTokenizerTrainer):
         **kwargs: other ``Trainer`` arguments (``train_dataset``, ``data_collator``, ``callbacks``, ...).
     """
 
+    trains_post_models = True
+
     def __init__(self, model: ProloguePostStage1Model, args: PrologueTokenizerTrainingArguments, **kwargs):
         self._check_post_arguments(model, args)
         super().__init__(model, args, **kwargs)

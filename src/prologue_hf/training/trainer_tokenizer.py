@@ -252,6 +252,9 @@ class PrologueTokenizerTrainer(RecipeTrainerMixin, Trainer):
     # compute_loss returns a per-batch mean, not a sum over num_items_in_batch: the Trainer divides by the number of
     # gradient-accumulation steps itself.
     loss_is_scaled_for_ga = False
+    # the Prologue-Post trainers set this: a subclass learns whether it may train a ProloguePostStage1Model without
+    # importing the Post module (which imports this one)
+    trains_post_models = False
 
     def __init__(self, model: PrologueStage1Model, args: PrologueTokenizerTrainingArguments, **kwargs):
         if not isinstance(model, PrologueStage1Model):
