@@ -43,11 +43,11 @@ class DemoConfig:
         codebook_init: ``"simvq"`` (official N(0, 1/dim)) or ``"normal"`` (N(0, 1)), both codebooks.
         stage1_steps / stage2_steps: optimizer steps of each stage.
         stage1_learning_rate: peak learning rate of every stage-1 optimizer (encoder, decoder, compact AR). 1e-3:
-            at 2e-3 the prologue fell back to one constant 4-tuple within the first ~80 steps and stayed there in
-            some seeds (no label information at the end); at 1e-3 it left that state on seeds 0, 1 and 2
-            (docs/results.md, "make demo").
+            at 2e-3 the prologue of seed 0 fell back to one constant 4-tuple by step ~80 and stayed there (no label
+            information at the end; seeds 1 and 2 left it only after step ~200); at 1e-3 it left that state on
+            seeds 0-4 (docs/results.md, "make demo").
         stage1_lr_hold_fraction: part of stage 1 spent at the peak learning rate (after a 5 % warmup) before the
-            linear decay to a tenth of it (the prologue keeps widening while the rate is high; docs/results.md).
+            linear decay to a tenth of it (docs/results.md).
         fd_images: images per set for the Fréchet distance on EfficientNet-Lite0 features (0 skips it).
         samples_per_class: columns of the sample grid.
         data_source: ``"embedded"`` or ``"system"`` (Debian's full Fashion-MNIST).
