@@ -310,8 +310,10 @@ def prologue_ar_loss(
             (same forward value when they are the straight-through one-hots of those ids; the gradient of
             ``log p(z_p)`` then also flows through the targets).
 
-    No logit mask is applied: the official training CE runs over the full vocabulary (the mask is a sampling-time
-    constraint), so the model also learns to put no mass on ids of the wrong segment.
+    No segment mask is applied: the official training CE runs over every column of its head, visual, prologue and
+    EOS ids alike (the mask is a sampling-time constraint), so the model also learns to put no mass on ids of the
+    wrong segment. The softmax runs over the columns ``logits`` has: pass ``logits[..., :vocabulary.class_offset]``
+    for the official head's columns (no class ids), as the stage-2 trainer does by default.
     """
     length = vocabulary.sequence_length
     if input_ids.ndim != 2 or input_ids.shape[1] != length:
