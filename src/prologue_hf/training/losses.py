@@ -456,6 +456,7 @@ def prologue_ar_loss_from_hidden(
         token_loss.view_as(targets), correct.view_as(targets), targets, vocabulary, segment_weights
     )
 
+
 def causal_lm_prologue_ar_loss(
     ar: nn.Module,
     sequence: torch.Tensor,
